@@ -1,0 +1,19 @@
+"""PyTorch reference modules, one file per model, for the tests, bench.py and
+torch_train.py. Never imported by the models or train.py: PyTorch is optional.
+
+Each torch_ref/<model>.py builds the PyTorch module that DESIGN.md names as the
+reference for <model>.py and exposes:
+
+    build(cfg, params, dtype=torch.float64, **options) -> module
+        cfg is the model's Config; params a dict name -> NumPy array (our
+        Model.params). The module's named_parameters() are exactly those names,
+        and the arrays are loaded with torch.from_numpy, no renaming.
+    module(idx)                      LongTensor (B, T) -> logits (B, T, V)
+    module.init_state(batch)         the empty state (for generation)
+    module.step(idx_t, state)        LongTensor (B,) -> (logits (B, V), state)
+"""
+import importlib
+
+
+def build(name, cfg, params, **kwargs):
+    return importlib.import_module(f"torch_ref.{name}").build(cfg, params, **kwargs)
