@@ -6,8 +6,13 @@ The recipe:
 - two losses from the same logits: (a) the summed cross-entropy on random
   targets, (b) a random projection sum(logits * R), fed to backward as dlogits = R;
 - centered differences, h = 1e-5;
-- per tensor: the norm-relative error ||a - n|| / (||a|| + ||n||) < 1e-6, and per
-  entry |a - n| <= atol + rtol * max(|a|, |n|), rtol 1e-5, atol 1e-8 * max(1, |L|);
+- per tensor: ||a - n|| <= 1e-6 (||a|| + ||n||) + floor, and per entry
+  |a - n| <= atol + rtol * max(|a|, |n|), rtol 1e-5, atol 1e-8 * max(1, |L|).
+  The floor is the round-off of the centered difference itself, about
+  eps |L| / h = 2e-11 |L| per entry (MATH.md section 12), times sqrt(entries):
+  it matters only for tensors whose whole gradient is that small (Mamba's A_log
+  at init, ~1e-4 against a summed loss of ~26, where PyTorch's own autograd
+  gradient misses the bare 1e-6 by the same amount);
 - every entry of small tensors; for large ones a stratified sample over the flat
   index (so every row block, e.g. every gate, is hit) plus the first and last
   entries and the entry of largest analytic gradient;
@@ -22,6 +27,7 @@ from models import to_host
 H = 1e-5          # step of the centered difference
 RTOL = 1e-5       # per-entry relative tolerance
 NORM_TOL = 1e-6   # norm-relative tolerance per tensor
+ROUNDOFF = 2e-11  # round-off of a centered difference at h = 1e-5, per unit of |L| (MATH.md 12)
 FULL = 200        # tensors with at most this many entries are checked entirely
 SAMPLE = 40       # stratified random entries of larger tensors
 
@@ -49,9 +55,10 @@ def compare(name, a, n, loss_scale):
     a, n = numpy.asarray(a, float), numpy.asarray(n, float)
     denom = numpy.linalg.norm(a) + numpy.linalg.norm(n)
     norm_err = numpy.linalg.norm(a - n) / denom if denom > 0 else 0.0
+    roundoff = ROUNDOFF * max(1.0, abs(loss_scale)) * numpy.sqrt(a.size)
     atol = 1e-8 * max(1.0, abs(loss_scale))
     bad = numpy.abs(a - n) > atol + RTOL * numpy.maximum(numpy.abs(a), numpy.abs(n))
-    if norm_err < NORM_TOL and not bad.any():
+    if numpy.linalg.norm(a - n) <= NORM_TOL * denom + roundoff and not bad.any():
         return None
     i = int(numpy.argmax(numpy.abs(a - n)))
     return (f"{name}: norm-relative error {norm_err:.2e}, {int(bad.sum())}/{a.size} entries off; "
