@@ -7,6 +7,7 @@ the same for the PyTorch reference (torch_ref/) measured in the same run.
     python bench.py --model s4 --seq-len 128 256 512 1024 2048     # how a training step grows with L
     python bench.py --model transformer --torch --recompute        # also: generation without the KV cache
     python bench.py --model mamba --torch --torch-option scan=index  # the slow PyTorch scan, for contrast
+    python bench.py --model mamba --config scan=loop # any Config field (here the reference scan)
     python bench.py --model rnn --device gpu --json  # CuPy; one JSON line per result
 
 What is timed
@@ -39,6 +40,8 @@ def parse_args(argv):
     p.add_argument("--torch", action="store_true", help="also time the PyTorch reference and print the ratio")
     p.add_argument("--torch-option", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to torch_ref.<model>.build (e.g. scan=index for mamba)")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model Config field, e.g. d_model=512 or scan=loop (repeatable)")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--batch-size", type=int, default=16)
@@ -57,6 +60,8 @@ def parse_args(argv):
             p.error(f"--{k.replace('_', '-')} must be positive")
     if min(args.seq_len) < 1:
         p.error("--seq-len must be positive")
+    if any("=" not in c for c in args.config + args.torch_option):
+        p.error("--config and --torch-option take KEY=VALUE")
     return args
 
 
@@ -65,6 +70,7 @@ if ARGS is not None and ARGS.threads:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
 
+import dataclasses  # noqa: E402
 import importlib  # noqa: E402
 
 import numpy  # noqa: E402
@@ -85,8 +91,16 @@ def median_time(fn, warmup, repeats, sync):
     return float(numpy.median(times))
 
 
-def config_for(module, vocab_size, T):
-    cfg = module.Config(vocab_size=vocab_size)
+def config_for(module, vocab_size, T, overrides):
+    fields = {f.name: type(f.default) for f in dataclasses.fields(module.Config)}
+    kwargs = {}
+    for item in overrides:
+        k, v = item.split("=", 1)
+        if k not in fields:
+            print(f"bench.py: error: {module.__name__}.Config has no field {k!r}", file=sys.stderr)
+            sys.exit(2)
+        kwargs[k] = fields[k](v)
+    cfg = module.Config(vocab_size=vocab_size, **kwargs)
     if hasattr(cfg, "block_size") and cfg.block_size < T:
         cfg.block_size = T  # the transformer's positions must cover the sequence
     return cfg
@@ -94,7 +108,7 @@ def config_for(module, vocab_size, T):
 
 def bench_ours(name, args, T, xp, sync):
     module = importlib.import_module(name)
-    cfg = config_for(module, args.vocab_size, T)
+    cfg = config_for(module, args.vocab_size, T, args.config)
     model = module.Model(cfg, xp=xp, dtype=numpy.dtype(args.dtype), seed=0)
     opt = train.AdamW(model.params, 0.1, (0.9, 0.99))
     rng = numpy.random.default_rng(0)
@@ -184,7 +198,7 @@ def main():
             for kind, t in ours.items():
                 batch = args.batch_size if kind == "train" else 1
                 tokens = batch * T if kind == "train" else 1
-                row = dict(model=name, kind=kind, device=args.device, dtype=args.dtype, batch=batch,
+                row = dict(model=name, kind=kind, config=args.config, device=args.device, dtype=args.dtype, batch=batch,
                            seq_len=T if kind == "train" else None, threads=threads,
                            ours_ms=1000 * t, ours_tok_s=tokens / t)
                 line = f"{name:<12} {kind:<19} ours {tokens / t:>10,.0f} tok/s ({1000 * t:8.2f} ms"
