@@ -39,10 +39,13 @@ def main(argv):
     params = {k: s["to_host"](v) for k, v in s["model"].params.items()}
     ref = torch_ref.build(s["name"], s["cfg"], params, dtype=getattr(torch, r["dtype"])).to(dev)
     named = dict(ref.named_parameters())
-    decay = [p for k, p in named.items() if train.decays(k, p.shape)]
-    rest = [p for k, p in named.items() if not train.decays(k, p.shape)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": r["weight_decay"]},
-                             {"params": rest, "weight_decay": 0.0}], lr=r["lr"], betas=(r["beta1"], r["beta2"]))
+    ssm = lambda k: k.rsplit(".", 1)[-1] in train.NO_DECAY  # noqa: E731
+    groups = [{"params": [p for k, p in named.items() if train.decays(k, p.shape)],
+               "weight_decay": r["weight_decay"], "scale": 1.0},
+              {"params": [p for k, p in named.items() if not train.decays(k, p.shape) and not ssm(k)],
+               "weight_decay": 0.0, "scale": 1.0},
+              {"params": [p for k, p in named.items() if ssm(k)], "weight_decay": 0.0, "scale": r["ssm_lr_scale"]}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=r["lr"], betas=(r["beta1"], r["beta2"]))
     B, T = r["batch_size"], r["seq_len"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads: {s['name']} reference, "
           f"{sum(p.numel() for p in named.values()):,} parameters, corpus {s['corpus']}")
@@ -70,7 +73,7 @@ def main(argv):
             t_log = time.perf_counter()
         lr = train.get_lr(it, r["lr"], r["min_lr"], r["warmup_iters"], r["lr_decay_iters"])
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["scale"]
         x, y = train.get_batch(s["train_data"], B, T, s["data_rng"])
         logits = ref(to_t(x))
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), to_t(y).reshape(-1))

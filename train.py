@@ -63,7 +63,7 @@ NO_DECAY = ("A_log", "log_dt", "log_A_real", "A_imag")
 # The training recipe: flag defaults, saved in checkpoints and restored on resume.
 RECIPE = dict(batch_size=16, seq_len=128, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
               lr_decay_iters=None, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, seed=1337,
-              dtype="float32", eval_interval=500, eval_iters=100)
+              dtype="float32", eval_interval=500, eval_iters=100, ssm_lr_scale=1.0)
 
 
 class UsageError(Exception):
@@ -206,10 +206,13 @@ def decays(name, shape):
 
 class AdamW:
     """AdamW as torch.optim.AdamW (decoupled weight decay, bias correction, eps
-    outside the square root), with weight decay for the names decays() picks."""
+    outside the square root), with weight decay for the names decays() picks.
+    ssm_lr_scale multiplies the learning rate of the SSM dynamics (NO_DECAY names),
+    which s4d.py's example trains at a lower rate than the rest."""
 
-    def __init__(self, params, weight_decay, betas, eps=1e-8):
+    def __init__(self, params, weight_decay, betas, eps=1e-8, ssm_lr_scale=1.0):
         self.decay = {k for k, v in params.items() if decays(k, v.shape)}
+        self.lr_scale = {k: ssm_lr_scale if k.rsplit(".", 1)[-1] in NO_DECAY else 1.0 for k in params}
         self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
         self.m = {k: v * 0 for k, v in params.items()}
         self.v = {k: v * 0 for k, v in params.items()}
@@ -225,12 +228,13 @@ class AdamW:
     def step(self, params, grads, lr):
         b1, b2 = self.betas
         self.t += 1
-        step_size = lr / (1 - b1 ** self.t)
         sqrt_bc2 = math.sqrt(1 - b2 ** self.t)
         for k, p in params.items():
             g, m, v = grads[k], self.m[k], self.v[k]
+            lr_k = lr * self.lr_scale[k]
+            step_size = lr_k / (1 - b1 ** self.t)
             if k in self.decay:
-                p *= 1 - lr * self.weight_decay
+                p *= 1 - lr_k * self.weight_decay
             m *= b1
             m += (1 - b1) * g                              # m = b1 m + (1 - b1) g
             v *= b2
@@ -401,6 +405,8 @@ def build_parser(module=None):
     a("--beta1", type=unit_interval, help="AdamW beta1 (default 0.9)")
     a("--beta2", type=unit_interval, help="AdamW beta2 (default 0.99)")
     a("--grad-clip", type=positive(float), help="global gradient-norm clip (default 1.0)")
+    a("--ssm-lr-scale", type=positive(float), help="learning-rate factor for the SSM dynamics A_log, log_dt, "
+      "log_A_real, A_imag (default 1.0; s4d.py's example uses 0.1 with lr 1e-2)")
     a("--eval-interval", type=positive(int), help="evaluate and checkpoint every N iterations (default 500)")
     a("--eval-iters", type=positive(int), help="batches per evaluation (default 100)")
     a("--log-interval", type=positive(int), default=10, help="progress line every N iterations (default 10)")
@@ -462,7 +468,7 @@ def setup(argv):
     recipe = {}
     for k, default in RECIPE.items():
         given = getattr(args, k)
-        recipe[k] = given if given is not None else (meta["recipe"][k] if meta else default)
+        recipe[k] = given if given is not None else (meta["recipe"].get(k, default) if meta else default)
     if meta:
         for k in ("dtype", "seed", "batch_size", "seq_len"):
             if getattr(args, k) is not None and getattr(args, k) != meta["recipe"][k]:
@@ -513,7 +519,8 @@ def setup(argv):
     except (ValueError, AssertionError) as e:
         raise UsageError(f"invalid {name} configuration: {e}")
 
-    opt = AdamW(model.params, recipe["weight_decay"], (recipe["beta1"], recipe["beta2"]))
+    opt = AdamW(model.params, recipe["weight_decay"], (recipe["beta1"], recipe["beta2"]),
+                ssm_lr_scale=recipe["ssm_lr_scale"])
     data_rng = numpy.random.default_rng([recipe["seed"], 1])
     step = 0
     if meta:
@@ -551,7 +558,8 @@ def run(s):
     decay, rest = opt.groups(model.params)
     count = lambda names: sum(int(model.params[k].size) for k in names)  # noqa: E731
     print(f"optimizer: AdamW, weight decay {r['weight_decay']} on {len(decay)} tensors ({count(decay):,} "
-          f"parameters), none on {len(rest)} tensors ({count(rest):,} parameters)")
+          f"parameters), none on {len(rest)} tensors ({count(rest):,} parameters)"
+          + (f"; learning rate x{r['ssm_lr_scale']} on the SSM dynamics" if r["ssm_lr_scale"] != 1 else ""))
     windows = {split: eval_windows(s[f"{split}_data"], B, T, r["eval_iters"]) for split in ("train", "val")}
 
     def save(step, val):

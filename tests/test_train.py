@@ -282,3 +282,12 @@ def test_default_corpus_is_deterministic():
     a, name = train.stdlib_corpus()
     b, _ = train.stdlib_corpus()
     assert a == b and len(a) == train.STDLIB_CHARS and "python-stdlib" in name
+
+
+def test_ssm_lr_scale_applies_only_to_the_ssm_dynamics():
+    p = {"layers.0.mixer.A_log": numpy.ones((2, 2)), "layers.0.mixer.in_proj.weight": numpy.ones((2, 2))}
+    g = {k: numpy.full((2, 2), 0.5) for k in p}
+    opt = train.AdamW(p, 0.0, (0.9, 0.99), ssm_lr_scale=0.1)
+    opt.step(p, g, 1e-2)
+    moved = {k: 1 - v[0, 0] for k, v in p.items()}
+    assert abs(moved["layers.0.mixer.A_log"] - 0.1 * moved["layers.0.mixer.in_proj.weight"]) < 1e-12
