@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-MODELS = ["rnn", "lstm", "gru", "s4", "mamba"]
+MODELS = ["rnn", "lstm", "gru", "s4", "mamba", "transformer"]
 
 TINY = {
     "rnn": dict(vocab_size=9, d_model=8, n_layer=2),
