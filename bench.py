@@ -22,6 +22,8 @@ What is timed
   reference's step in torch.no_grad().
 - generate-recompute (--recompute): each new token re-runs forward over the
   whole prefix (what a model without a step mode must do).
+Memory: as train.py, the process keeps freed memory for reuse
+(train.keep_freed_memory); --default-malloc measures without that.
 Threads: NumPy's BLAS and PyTorch use the same count (--threads, default: all
 cores), set before either is imported.
 """
@@ -54,6 +56,8 @@ def parse_args(argv):
     p.add_argument("--no-generate", action="store_true", help="skip the generation measurements")
     p.add_argument("--threads", type=int, help="threads for NumPy's BLAS and PyTorch (default: all cores)")
     p.add_argument("--json", action="store_true", help="print one JSON line per result")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's defaults (train.py keeps freed memory; see train.keep_freed_memory)")
     args = p.parse_args(argv)
     for k in ("batch_size", "vocab_size", "repeats", "gen_tokens"):
         if getattr(args, k) < 1:
@@ -176,6 +180,8 @@ def bench_torch(name, args, T, cfg, model, to_host):
 
 def main():
     args = ARGS
+    if not args.default_malloc:
+        train.keep_freed_memory()  # as train.py does; applies to both sides of the comparison
     try:
         xp, to_host = train.get_xp(args.device)
     except train.UsageError as e:

@@ -29,6 +29,7 @@ def main(argv):
         print("torch_train.py: error: needs PyTorch (pip install torch==2.13.0)", file=sys.stderr)
         return 2
     import torch_ref
+    train.keep_freed_memory()  # the same allocator setting as train.py
     try:
         s = train.setup(argv)
     except train.UsageError as e:
@@ -55,6 +56,7 @@ def main(argv):
     @torch.no_grad()
     def evaluate(step):
         t0 = time.perf_counter()
+        ref.eval()  # no dropout while evaluating
         losses = {}
         for split, ws in windows.items():
             total = 0.0
@@ -63,6 +65,7 @@ def main(argv):
                 total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), to_t(y).reshape(-1)).item()
             losses[split] = total / len(ws)
         print(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
+        ref.train()
         return time.perf_counter() - t0
 
     t_start, t_eval, t_log = time.perf_counter(), 0.0, time.perf_counter()

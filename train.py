@@ -35,6 +35,7 @@ Bad input (unknown model or flag, a bad value, unusable data, a checkpoint that
 does not fit) ends the run with one line on stderr and exit status 2.
 """
 import argparse
+import ctypes
 import dataclasses
 import hashlib
 import importlib
@@ -338,6 +339,24 @@ def load_checkpoint(path):
     return meta, arrays
 
 
+def keep_freed_memory():
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    Every training step allocates its cache (about 100 MB for the transformer at
+    the standard config) and frees it. By default glibc hands blocks over 128 KB
+    back to the kernel, and the next step page-faults them in again: ~27,000
+    faults and ~30% of a transformer step on this project's machine. PyTorch's
+    allocator keeps its memory; this lets the NumPy models do the same. It is a
+    process setting, so it lives here and not in the model files. Linux (glibc)
+    only; elsewhere it does nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 1 << 30)    # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap
+        libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD: blocks under 32 MiB (its maximum) come from the heap
+    except (OSError, AttributeError):
+        pass
+
+
 # ------------------------------------------------------------------------ CLI
 class Parser(argparse.ArgumentParser):
     def error(self, message):                  # one line, exit 2 (argparse prints usage too)
@@ -618,6 +637,7 @@ def run(s):
 
 
 def main(argv=None):
+    keep_freed_memory()
     try:
         # A diverging run overflows; train.py checks the loss itself and says so in one line.
         with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):
