@@ -17,3 +17,14 @@ import importlib
 
 def build(name, cfg, params, **kwargs):
     return importlib.import_module(f"torch_ref.{name}").build(cfg, params, **kwargs)
+
+
+def load(module, params):
+    """Copy our arrays (NumPy) into the module by name; the names must match exactly."""
+    import torch
+    own = dict(module.named_parameters())
+    assert sorted(own) == sorted(params), (sorted(own), sorted(params))
+    with torch.no_grad():
+        for k, v in params.items():
+            own[k].copy_(torch.from_numpy(v))
+    return module

@@ -3,6 +3,8 @@ Gate order i, f, g, o and both bias vectors are nn.LSTM's own; lstm.py matches t
 import torch
 from torch import nn
 
+from torch_ref import load
+
 
 class LSTMLM(nn.Module):
     def __init__(self, cfg):
@@ -23,16 +25,6 @@ class LSTMLM(nn.Module):
     def step(self, idx_t, state):
         h, state = self.lstm(self.embedding(idx_t)[:, None], state)
         return self.lm_head(h[:, 0]), state
-
-
-def load(module, params):
-    """Copy our arrays into the module by name; the names must match exactly."""
-    own = dict(module.named_parameters())
-    assert sorted(own) == sorted(params), (sorted(own), sorted(params))
-    with torch.no_grad():
-        for k, v in params.items():
-            own[k].copy_(torch.from_numpy(v))
-    return module
 
 
 def build(cfg, params, dtype=torch.float64):

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch_ref import load
+
 
 class RMSNorm(nn.Module):
     def __init__(self, d_model, eps=1e-5):
@@ -140,16 +142,6 @@ class Mamba(nn.Module):
             x = x + out
             new_state.append(s)
         return self.lm_head(self.norm_f(x)), new_state
-
-
-def load(module, params):
-    """Copy our arrays into the module by name; the names must match exactly."""
-    own = dict(module.named_parameters())
-    assert sorted(own) == sorted(params), (sorted(own), sorted(params))
-    with torch.no_grad():
-        for k, v in params.items():
-            own[k].copy_(torch.from_numpy(v))
-    return module
 
 
 def build(cfg, params, dtype=torch.float64, scan="unbind"):

@@ -2,6 +2,8 @@
 import torch
 from torch import nn
 
+from torch_ref import load
+
 
 class RNNLM(nn.Module):
     def __init__(self, cfg):
@@ -22,16 +24,6 @@ class RNNLM(nn.Module):
     def step(self, idx_t, state):
         h, state = self.rnn(self.embedding(idx_t)[:, None], state)
         return self.lm_head(h[:, 0]), state
-
-
-def load(module, params):
-    """Copy our arrays into the module by name; the names must match exactly."""
-    own = dict(module.named_parameters())
-    assert sorted(own) == sorted(params), (sorted(own), sorted(params))
-    with torch.no_grad():
-        for k, v in params.items():
-            own[k].copy_(torch.from_numpy(v))
-    return module
 
 
 def build(cfg, params, dtype=torch.float64):

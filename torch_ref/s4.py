@@ -14,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+from torch_ref import load
+
 
 class S4DKernel(nn.Module):
     """Generate the convolution kernel from diagonal SSM parameters (s4d.py, S4D-Lin init)."""
@@ -123,16 +125,6 @@ class S4LM(nn.Module):
             x = x + y
             new_s.append(s)
         return self.lm_head(self.norm_f(x)), {"s": new_s, "consts": state["consts"]}
-
-
-def load(module, params):
-    """Copy our arrays into the module by name; the names must match exactly."""
-    own = dict(module.named_parameters())
-    assert sorted(own) == sorted(params), (sorted(own), sorted(params))
-    with torch.no_grad():
-        for k, v in params.items():
-            own[k].copy_(torch.from_numpy(v))
-    return module
 
 
 def build(cfg, params, dtype=torch.float64):

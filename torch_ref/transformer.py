@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from torch_ref import load
+
 
 class LayerNorm(nn.Module):
     """nanoGPT's LayerNorm with an optional bias (here always on)."""
@@ -164,16 +166,6 @@ class GPT(nn.Module):
             tokens = torch.cat([tokens, idx_t[:, None]], 1)[:, -(self.cfg.block_size - 1):] \
                 if self.cfg.block_size > 1 else tokens
         return self.lm_head(self.transformer.ln_f(x))[:, 0], {"kv": new_kv, "tokens": tokens}
-
-
-def load(module, params):
-    """Copy our arrays into the module by name; the names must match exactly."""
-    own = dict(module.named_parameters())
-    assert sorted(own) == sorted(params), (sorted(own), sorted(params))
-    with torch.no_grad():
-        for k, v in params.items():
-            own[k].copy_(torch.from_numpy(v))
-    return module
 
 
 def build(cfg, params, dtype=torch.float64):
