@@ -368,6 +368,7 @@ def cmd_recall(a):
         ax1.plot(pairs, [acc[n, K] for K in pairs], "o-", color=COLORS[n], label=n, ms=4)
         ax2.scatter([sb[n]], [acc[n, pairs[-1]]], color=COLORS[n], label=n, s=25)
         ax2.annotate(n, (sb[n], acc[n, pairs[-1]]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax1.plot(pairs, [1 / K for K in pairs], "k:", lw=0.8, label="1/K (a seen value)")
     ax1.set(xlabel="key-value pairs", ylabel="accuracy", ylim=(-0.03, 1.03), title="MQAR accuracy")
     log_ticks(ax1, pairs)
     ax1.legend(fontsize=7)
@@ -396,6 +397,11 @@ def recall_summary(models, acc, pairs, a):
         if best:
             print(f"- attention beats every fixed-state model: transformer {acc['transformer', hi]:.3f} vs best "
                   f"other ({best}) {acc[best, hi]:.3f} -> {verdict(acc['transformer', hi] >= acc[best, hi])}")
+    # the plateau: answering with one of the K values of the sequence, at random, scores 1/K
+    plateau = [n for n in models if all(acc[n, K] < 1.5 / K for K in pairs)]
+    if plateau:
+        print(f"- at or near 1/K at every K (answering with one of the K values seen, but not the right one; "
+              f"the key-value binding not learned): {', '.join(plateau)}")
     print(f"  (caveat: {a.iters} iterations x {a.batch} sequences at one learning rate for every model; "
           "Zoology trains far longer and sweeps the learning rate per model, so a model that is merely "
           "slow to learn the task shows up here as unable to do it.)")
@@ -698,7 +704,7 @@ def cmd_length(a):
     plt = pyplot()
     if plt is None:
         return no_plot_note()
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(8, 3.2))
     # mean loss in geometrically growing position bins (1, 2, 4, ... wide), plotted at their centres
     edges = numpy.unique(numpy.round(numpy.geomspace(1, L, 48)).astype(int))
     edges = numpy.concatenate([[0], edges])
@@ -714,7 +720,7 @@ def cmd_length(a):
     ax.text(T, ax.get_ylim()[1], f" trained length {T}", fontsize=7, va="top")
     ax.set(xscale="log", xlabel="position in the window (+1)", ylabel="loss (nats/char)",
            title=f"trained at length {T}, evaluated at {L}")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save_png(fig, plt, os.path.join(a.out_dir, "length.png"))
 
 
