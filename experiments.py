@@ -1001,10 +1001,7 @@ def main(argv=None):
         {"recall": cmd_recall, "copy": cmd_copy, "cost": cmd_cost, "length": cmd_length,
          "gradients": cmd_gradients}[a.command](a)
         print(f"done: {a.command} in {time.perf_counter() - t0:.0f} s")
-    except train.UsageError as e:
-        print(f"experiments.py: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
+    except (train.UsageError, OSError) as e:
         print(f"experiments.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
