@@ -1,4 +1,4 @@
-"""Finite-difference gradient checking for every model (MATH.md section 12).
+"""Finite-difference gradient checking for every model.
 
 The recipe:
 - float64, deterministic; parameters perturbed away from their init first, so
@@ -8,8 +8,10 @@ The recipe:
 - centered differences, h = 1e-5;
 - per tensor: ||a - n|| <= 1e-6 (||a|| + ||n||) + floor, and per entry
   |a - n| <= atol + rtol * max(|a|, |n|), rtol 1e-5, atol 1e-8 * max(1, |L|).
-  The floor is the round-off of the centered difference itself, about
-  eps |L| / h = 2e-11 |L| per entry (MATH.md section 12), times sqrt(entries):
+  The floor is the round-off of the centered difference itself: each loss is
+  computed with a relative error of a few eps, so (L(+h) - L(-h)) / 2h carries an
+  error of about eps |L| / h = 2.2e-16 |L| / 1e-5 = 2e-11 |L| per entry, times
+  sqrt(entries) for a norm:
   it matters only for tensors whose whole gradient is that small (Mamba's A_log
   at init, ~1e-4 against a summed loss of ~26, where PyTorch's own autograd
   gradient misses the bare 1e-6 by the same amount);
@@ -27,7 +29,7 @@ from models import to_host
 H = 1e-5          # step of the centered difference
 RTOL = 1e-5       # per-entry relative tolerance
 NORM_TOL = 1e-6   # norm-relative tolerance per tensor
-ROUNDOFF = 2e-11  # round-off of a centered difference at h = 1e-5, per unit of |L| (MATH.md 12)
+ROUNDOFF = 2e-11  # round-off of a centered difference at h = 1e-5, per unit of |L| (see above)
 FULL = 200        # tensors with at most this many entries are checked entirely
 SAMPLE = 40       # stratified random entries of larger tensors
 

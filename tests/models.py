@@ -1,8 +1,9 @@
 """The models under test, and the tiny configs the gradient checks use.
 
 A new model joins every test by being added to MODELS (and given a TINY config).
-TINY configs follow MATH.md section 12: vocab ~9, width 8, 2 layers (so the
-gradient between layers is tested), 2 heads, small state sizes.
+TINY configs: vocab ~9, width 8, 2 layers (so the gradient between layers is
+tested), 2 heads, small state sizes: small enough that a finite-difference check
+of every entry is cheap, large enough that no dimension is degenerate.
 
 SEQ_MODELS=lstm,gru restricts a run to some models (handy while writing one).
 """
