@@ -424,7 +424,7 @@ def keep_freed_memory():
 # find out): (parameters, activation floats per token, activation floats per
 # window position independent of the batch). Parameters are exact; the
 # activation terms were fitted to tracemalloc peaks of float32 train_step calls
-# and err on the high side (tests/test_train.py checks them against a measurement).
+# (tests/test_train.py checks the estimate is within 2x of a measured peak).
 # H = d_model, L = n_layer, V = vocab_size, N = d_state, E = d_inner.
 def _mamba(c, T):
     E, R, N, H = c.expand * c.d_model, -(-c.d_model // 16), c.d_state, c.d_model
@@ -440,7 +440,7 @@ MEMORY = {
     "gru": lambda c, T: (2 * c.vocab_size * c.d_model + c.vocab_size + c.n_layer * (6 * c.d_model ** 2 + 6 * c.d_model),
                          10 * (c.n_layer + 1) * c.d_model, 0),
     "s4": lambda c, T: (2 * c.vocab_size * c.d_model + c.vocab_size + 2 * c.d_model
-                        + c.n_layer * (2 * c.d_model ** 2 + 2 * c.d_model * c.d_state + 7 * c.d_model),
+                        + c.n_layer * (2 * c.d_model ** 2 + 2 * c.d_model * c.d_state + 6 * c.d_model),
                         15 * (c.n_layer + 1) * c.d_model, c.n_layer * c.d_model * c.d_state * T),
     "mamba": _mamba,
     "transformer": lambda c, T: (c.vocab_size * c.d_model + c.block_size * c.d_model + 2 * c.d_model
@@ -760,11 +760,11 @@ def setup(argv):
                 model.rng.bit_generator.state = meta["model_rng"]
         except (ValueError, TypeError, KeyError) as e:
             raise UsageError(f"{where} has a corrupt random-generator state ({type(e).__name__}: {e})")
-        if (args.lr_decay_iters is None and step < recipe["max_iters"]
-                and recipe["lr_decay_iters"] < recipe["max_iters"]):
+        floor = max(step, recipe["lr_decay_iters"], recipe["warmup_iters"])   # get_lr gives min_lr from here on
+        if args.lr_decay_iters is None and floor < recipe["max_iters"]:
             print(f"note: the learning rate keeps the checkpoint's schedule, which reaches --min-lr "
                   f"{recipe['min_lr']} at iteration {recipe['lr_decay_iters']}; iterations "
-                  f"{max(step, recipe['lr_decay_iters'])}..{recipe['max_iters']} run at --min-lr. "
+                  f"{floor}..{recipe['max_iters']} run at --min-lr. "
                   f"Pass --lr-decay-iters {recipe['max_iters']} to stretch the cosine to the new end.")
 
     prompt = args.prompt if args.prompt is not None else ("\n" if "\n" in vocab.stoi else vocab.chars[0])
