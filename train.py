@@ -42,10 +42,10 @@ iterations at --min-lr (the run says so) unless --lr-decay-iters sets a new one.
 
 Errors: bad input (a flag, the data, a checkpoint, an output folder, a size
 that does not fit in memory) is refused before the first iteration with one
-line on stderr and exit status 2; so is a run that diverges, a checkpoint that
-cannot be written, or Ctrl-C (exit 130), each naming the last good checkpoint.
-Anything unexpected is one line with exit status 1; --debug (or SEQ_DEBUG=1)
-shows its traceback.
+line on stderr and exit status 2. A run that diverges or cannot write its
+checkpoint ends the same way, Ctrl-C with exit status 130; each names the last
+good checkpoint, which is left untouched. Anything unexpected is one line with
+exit status 1; --debug (or SEQ_DEBUG=1) shows its traceback.
 """
 import argparse
 import ctypes
@@ -60,7 +60,6 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
-import zipfile
 
 import numpy
 
@@ -432,17 +431,21 @@ def _mamba(c, T):
     return c.vocab_size * H + c.n_layer * layer + H, (c.n_layer + 1) * (3 * E * N + 4 * E), 0
 
 
+def _recurrent(gates, act):
+    """rnn (1 gate block), gru (3), lstm (4): per layer W_ih, W_hh (gates*H, H) and two biases."""
+    return lambda c, T: (2 * c.vocab_size * c.d_model + c.vocab_size
+                         + c.n_layer * 2 * gates * (c.d_model ** 2 + c.d_model), act * (c.n_layer + 1) * c.d_model, 0)
+
+
 MEMORY = {
-    "rnn": lambda c, T: (2 * c.vocab_size * c.d_model + c.vocab_size + c.n_layer * (2 * c.d_model ** 2 + 2 * c.d_model),
-                         3 * (c.n_layer + 1) * c.d_model, 0),
-    "lstm": lambda c, T: (2 * c.vocab_size * c.d_model + c.vocab_size + c.n_layer * (8 * c.d_model ** 2 + 8 * c.d_model),
-                          10 * (c.n_layer + 1) * c.d_model, 0),
-    "gru": lambda c, T: (2 * c.vocab_size * c.d_model + c.vocab_size + c.n_layer * (6 * c.d_model ** 2 + 6 * c.d_model),
-                         10 * (c.n_layer + 1) * c.d_model, 0),
+    "rnn": _recurrent(1, 3), "lstm": _recurrent(4, 10), "gru": _recurrent(3, 10),
+    # s4: an embedding and an untied head; per layer output_linear (2H, H), C and A (N entries per channel)
+    # and five H-vectors; the kernel and its FFT hold about L H N T floats whatever the batch
     "s4": lambda c, T: (2 * c.vocab_size * c.d_model + c.vocab_size + 2 * c.d_model
                         + c.n_layer * (2 * c.d_model ** 2 + 2 * c.d_model * c.d_state + 6 * c.d_model),
                         15 * (c.n_layer + 1) * c.d_model, c.n_layer * c.d_model * c.d_state * T),
-    "mamba": _mamba,
+    "mamba": _mamba,   # the scan keeps h for every position: 3 E N floats per token and layer
+    # transformer: 12 H^2 + 13 H per block; attention keeps (B, n_head, T, T) twice
     "transformer": lambda c, T: (c.vocab_size * c.d_model + c.block_size * c.d_model + 2 * c.d_model
                                  + c.n_layer * (12 * c.d_model ** 2 + 13 * c.d_model),
                                  (c.n_layer + 1) * (20 * c.d_model + 2 * c.n_head * T), 0),
@@ -510,13 +513,22 @@ def non_empty(s):
     return s
 
 
+def choice(*options):
+    def parse(s):
+        if s not in options:
+            raise argparse.ArgumentTypeError(f"{s!r} is not one of {', '.join(options)}")
+        return s
+    return parse
+
+
 POSITIVE_INT, NON_NEGATIVE_INT = number(int, 0, strict=True), number(int, 0)
 POSITIVE, UNIT = number(float, 0, strict=True), number(float, 0, 1, hi_open=True)
 # Flag types of the recipe: checked alike on the command line and in a checkpoint.
 RECIPE_TYPES = dict(batch_size=POSITIVE_INT, seq_len=POSITIVE_INT, max_iters=NON_NEGATIVE_INT, lr=POSITIVE,
                     min_lr=number(float, 0), warmup_iters=NON_NEGATIVE_INT, lr_decay_iters=POSITIVE_INT,
                     weight_decay=number(float, 0), beta1=UNIT, beta2=UNIT, grad_clip=POSITIVE, seed=NON_NEGATIVE_INT,
-                    eval_interval=POSITIVE_INT, eval_iters=POSITIVE_INT, ssm_lr_scale=POSITIVE)
+                    eval_interval=POSITIVE_INT, eval_iters=POSITIVE_INT, ssm_lr_scale=POSITIVE,
+                    dtype=choice("float32", "float64"))
 
 
 def config_fields(module):
@@ -619,7 +631,7 @@ class Run:
     to_host: object            # array -> NumPy array
     vocab: Vocab
     corpus: str                # description of the corpus, printed and saved
-    data_spec: object          # --data as given (None, 'shakespeare' or an absolute path), saved for resume
+    data_spec: object          # the corpus: None (default), 'shakespeare' or an absolute path; saved
     train_data: numpy.ndarray  # token ids, 90% / 10%
     val_data: numpy.ndarray
     data_rng: numpy.random.Generator
@@ -656,12 +668,7 @@ def setup(argv):
     for k, default in RECIPE.items():
         given = getattr(args, k)
         if given is None and meta and meta["recipe"].get(k) is not None:
-            if k == "dtype":
-                given = meta["recipe"][k] if meta["recipe"][k] in ("float32", "float64") else None
-                if given is None:
-                    raise UsageError(f"{where} has a corrupt recipe (dtype {meta['recipe'][k]!r})")
-            else:
-                given = checked(meta["recipe"][k], RECIPE_TYPES[k], f"{where}'s recipe value {k}")
+            given = checked(meta["recipe"][k], RECIPE_TYPES[k], f"{where}'s recipe value {k}")
         recipe[k] = given if given is not None else default
     if meta:
         for k in ("dtype", "seed", "batch_size", "seq_len"):
@@ -674,16 +681,17 @@ def setup(argv):
         recipe["lr_decay_iters"] = max(recipe["max_iters"], 1)
 
     # Data: --data, else the checkpoint's corpus, else the default; then the vocabulary.
-    spec = args.data
-    if meta and spec is None and "data" in meta:
+    absolute = lambda d: os.path.abspath(d) if d not in (None, "shakespeare") else d  # noqa: E731
+    spec = absolute(args.data)
+    if meta and args.data is None and "data" in meta:
         spec = meta["data"]
         if spec not in (None, "shakespeare") and not (isinstance(spec, str) and os.path.exists(spec)):
             raise UsageError(f"{where} was trained on {spec!r}, which is not there now; pass --data PATH")
         print(f"data: {spec or 'the default corpus'}, as recorded in the checkpoint")
     elif meta and "data" in meta and spec != meta["data"]:
         print(f"note: the checkpoint was trained on {meta['data'] or 'the default corpus'}; "
-              f"continuing on --data {spec}")
-    text, corpus = load_corpus(spec)
+              f"continuing on --data {args.data}")
+    text, corpus = load_corpus(args.data if args.data is not None else spec)
     if meta:
         if len(set(meta["vocab"])) != len(meta["vocab"]) or not meta["vocab"]:
             raise UsageError(f"{where} has a corrupt vocabulary")
@@ -772,9 +780,8 @@ def setup(argv):
     if bad:
         raise UsageError(f"--prompt has characters outside the vocabulary: {''.join(bad)!r}")
     out_dir = args.out_dir or (os.path.dirname(pre.resume) or "." if pre.resume else f"out-{name}")
-    data_spec = os.path.abspath(spec) if spec not in (None, "shakespeare") else spec
     return Run(args=args, recipe=recipe, name=name, cfg=cfg, model=model, opt=opt, xp=xp, to_host=to_host,
-               vocab=vocab, corpus=corpus, data_spec=data_spec, train_data=data[:n], val_data=data[n:],
+               vocab=vocab, corpus=corpus, data_spec=spec, train_data=data[:n], val_data=data[n:],
                data_rng=data_rng, step=step, prompt=prompt, ckpt=os.path.join(out_dir, "ckpt.npz"))
 
 
