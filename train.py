@@ -365,7 +365,8 @@ def save_checkpoint(path, model, opt, meta, to_host):
             os.remove(tmp)
 
 
-META = dict(model=str, config=dict, vocab=str, step=int, recipe=dict, data_rng=dict)
+META = dict(model=str, config=dict, vocab=str, step=int, recipe=dict, data_rng=dict)   # meta's required entries
+KIND = {str: "a string", dict: "a JSON object", int: "an integer"}
 
 
 def load_checkpoint(path):
@@ -396,7 +397,7 @@ def load_checkpoint(path):
     for key, kind in META.items():
         if type(meta.get(key)) is not kind:
             raise UsageError(f"checkpoint {path!r} has a corrupt 'meta' entry ({key!r} is "
-                             f"{meta.get(key)!r}, not a {kind.__name__})")
+                             f"{meta.get(key)!r}, not {KIND[kind]})")
     return meta, arrays
 
 
@@ -668,7 +669,7 @@ def setup(argv):
     for k, default in RECIPE.items():
         given = getattr(args, k)
         if given is None and meta and meta["recipe"].get(k) is not None:
-            given = checked(meta["recipe"][k], RECIPE_TYPES[k], f"{where}'s recipe value {k}")
+            given = checked(meta["recipe"][k], RECIPE_TYPES[k], f"{where}: recipe value {k}")
         recipe[k] = given if given is not None else default
     if meta:
         for k in ("dtype", "seed", "batch_size", "seq_len"):
@@ -698,7 +699,7 @@ def setup(argv):
         vocab = Vocab(meta["vocab"])
         missing = sorted(set(text) - set(vocab.chars))
         if missing:
-            raise UsageError(f"{where}'s vocabulary does not cover the data {corpus!r} "
+            raise UsageError(f"{where}: its vocabulary does not cover the data {corpus!r} "
                              f"({len(missing)} unknown characters, e.g. {''.join(missing[:10])!r})")
     else:
         vocab = Vocab.from_text(text)
@@ -720,7 +721,7 @@ def setup(argv):
         known = {f.name: f for f in config_fields(module)}
         for k, v in meta["config"].items():
             if k in known:
-                checked(v, field_type(known[k]), f"{where}'s config value {k}")
+                checked(v, field_type(known[k]), f"{where}: config value {k}")
         if meta["config"].get("vocab_size") != len(vocab.chars):
             raise UsageError(f"{where} has vocab_size {meta['config'].get('vocab_size')} but a vocabulary of "
                              f"{len(vocab.chars)} characters")
@@ -761,7 +762,7 @@ def setup(argv):
                 if not numpy.isfinite(a).all():
                     raise UsageError(f"{where} holds non-finite values in {prefix}/{k}")
                 target[k][...] = xp.asarray(a.astype(dtype))
-        step = opt.t = checked(meta["step"], NON_NEGATIVE_INT, f"{where}'s step")
+        step = opt.t = checked(meta["step"], NON_NEGATIVE_INT, f"{where}: step")
         try:
             data_rng.bit_generator.state = meta["data_rng"]
             if "model_rng" in meta and hasattr(model, "rng"):
