@@ -31,8 +31,9 @@ What is timed
 Memory: as train.py, the process keeps freed memory for reuse
 (train.keep_freed_memory); --default-malloc measures without that.
 Threads: NumPy's BLAS and PyTorch use the same count, --threads, default 1: on a
-shared or loaded machine more threads than idle cores make both sides crawl
-(315 tok/s instead of 23,000 was seen), so one thread is the comparable number.
+shared or loaded machine, more threads than idle cores make both sides crawl (on
+a busy 2-core machine, all cores gave 315 tok/s where one thread gave 23,000),
+so one thread is the number that compares.
 Errors: one line on stderr, exit status 2 for bad input, 1 for anything
 unexpected (--debug, or SEQ_DEBUG=1, shows the traceback).
 """

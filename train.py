@@ -108,6 +108,10 @@ def regular_file(path, what):
 def read_text(path):
     """The UTF-8 text of a file, or UsageError saying why it is unusable."""
     regular_file(path, "data file")
+    size, avail = os.path.getsize(path), available_memory(numpy)
+    if avail and 20 * size > avail:   # the text, a list of ids and an int64 array: about 20 bytes a character
+        raise UsageError(f"data file {path!r} ({gib(size)}) needs about {gib(20 * size)} of memory as token "
+                         f"ids, more than the {gib(avail)} available; use a smaller file")
     try:
         with open(path, "rb") as f:
             raw = f.read()

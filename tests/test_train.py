@@ -283,6 +283,18 @@ def test_checkpoint_path_is_a_folder(corpus, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_data_too_large_for_memory_is_refused_before_reading(tmp_path):
+    """A (sparse) file whose token ids could not fit in memory is refused from its size alone."""
+    avail = train.available_memory(numpy)
+    if not avail:
+        pytest.skip("the available memory is unknown here")
+    with open(tmp_path / "huge.txt", "wb") as f:
+        f.truncate(avail // 10)
+    assert_usage_error(*cli("--model", "rnn", "--data", "huge.txt", cwd=tmp_path), "needs about",
+                       "as token ids", "use a smaller file")
+    assert os.listdir(tmp_path) == ["huge.txt"]
+
+
 def test_unexpected_error_is_one_line_exit_1(monkeypatch, capsys):
     """The top-level guard: any other exception is one line with its type, exit 1; --debug re-raises."""
     def broken(argv):
