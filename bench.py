@@ -57,6 +57,7 @@ MODELS = ["rnn", "lstm", "gru", "s4", "mamba", "transformer"]
 # Only matmuls, convolutions, FFTs and scans are counted; element-wise work
 # (gates, norms, softmax, the optimizer) is not, as is usual for such counts.
 # H = d_model, L = n_layer, V = vocab_size, T = sequence length, B = batch.
+# A new model is one more entry in FLOPS (a model without one gets no FLOPs columns).
 def _s4(c, B, T):
     # per layer: output_linear H -> 2H (2H^2); the causal convolution by FFT, three
     # real FFTs of length 2T per channel (~2.5 * 2T * log2(2T) FLOPs each, so

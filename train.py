@@ -429,7 +429,8 @@ def keep_freed_memory():
 # window position independent of the batch). Parameters are exact; the
 # activation terms were fitted to tracemalloc peaks of float32 train_step calls
 # (tests/test_train.py checks the estimate is within 2x of a measured peak).
-# H = d_model, L = n_layer, V = vocab_size, N = d_state, E = d_inner.
+# H = d_model, L = n_layer, V = vocab_size, N = d_state, E = d_inner. A new model is one
+# more entry in MEMORY (without one, its runs are not checked against the memory).
 def _mamba(c, T):
     E, R, N, H = c.expand * c.d_model, -(-c.d_model // 16), c.d_state, c.d_model
     layer = H + 2 * E * H + E * c.d_conv + E + E * (R + 2 * N) + R * E + E + E * N + E + E * H
