@@ -1,8 +1,9 @@
 """
-bench.py: how fast each model trains and generates, in tokens per second, and
-the same for the PyTorch reference (torch_ref/) measured in the same run.
+bench.py: how fast each model trains and generates, in tokens per second, how
+close a training step comes to the machine's matrix-multiply speed, and the same
+for the PyTorch reference (torch_ref/) measured in the same run.
 
-    python bench.py --model rnn                      # ours only
+    python bench.py --model rnn                      # ours only, one thread
     python bench.py --model rnn lstm gru --torch     # ours vs PyTorch eager, with the ratio
     python bench.py --model s4 --seq-len 128 256 512 1024 2048     # how a training step grows with L
     python bench.py --model transformer --torch --recompute        # also: generation without the KV cache
@@ -11,12 +12,17 @@ the same for the PyTorch reference (torch_ref/) measured in the same run.
     python bench.py --model rnn --device gpu --json  # CuPy; one JSON line per result
 
 What is timed
+- sgemm peak: first, a float32 (1024 x 1024) @ (1024 x 1024) matmul through
+  NumPy's BLAS, best of a few; 2 * 1024^3 / time is the GFLOP/s the training
+  steps are compared with (on the CPU, with --threads threads).
 - train: one full step exactly as train.py runs it (forward, cross-entropy,
   backward, global-norm clip, AdamW) on random token windows, batch 16 x 128
   by default, the standard config, float32. PyTorch: the same module loaded with
   the same arrays, F.cross_entropy, loss.backward(), clip_grad_norm_,
   torch.optim.AdamW with the same weight-decay groups. Warm-up steps first, then
-  the median of --repeats timed steps.
+  the median of --repeats timed steps. Each train row also shows the step's
+  FLOPs counted from the config (FLOPS below), the GFLOP/s achieved and that as
+  a fraction of the sgemm peak.
 - generate: batch 1, one token at a time through .step (the recurrent state or
   the KV cache), --gen-tokens tokens after a warm-up; the same through the
   reference's step in torch.no_grad().
@@ -24,11 +30,18 @@ What is timed
   whole prefix (what a model without a step mode must do).
 Memory: as train.py, the process keeps freed memory for reuse
 (train.keep_freed_memory); --default-malloc measures without that.
-Threads: NumPy's BLAS and PyTorch use the same count (--threads, default: all
-cores), set before either is imported.
+Threads: NumPy's BLAS and PyTorch use the same count, --threads, default 1: on a
+shared or loaded machine, more threads than idle cores make both sides crawl (on
+a busy 2-core machine, all cores gave 315 tok/s where one thread gave 23,000),
+so one thread is the number that compares.
+Errors: one line on stderr, exit status 2 for bad input, 1 for anything
+unexpected (--debug, or SEQ_DEBUG=1, shows the traceback).
 """
 import argparse
+import dataclasses
+import importlib
 import json
+import math
 import os
 import sys
 import time
@@ -36,8 +49,80 @@ import time
 MODELS = ["rnn", "lstm", "gru", "s4", "mamba", "transformer"]
 
 
+# FLOPs of one training step, counted from the config. Each entry gives the
+# forward pass's multiply-adds per token (a multiply-add is 2 FLOPs); the
+# backward pass costs about twice the forward (a gradient for the input and one
+# for the weights of every matmul), so a step is
+#     FLOPs = 3 * 2 * multiply-adds per token * B * T.
+# Only matmuls, convolutions, FFTs and scans are counted; element-wise work
+# (gates, norms, softmax, the optimizer) is not, as is usual for such counts.
+# H = d_model, L = n_layer, V = vocab_size, T = sequence length, B = batch.
+# A new model is one more entry in FLOPS (a model without one gets no FLOPs columns).
+def _s4(c, B, T):
+    # per layer: output_linear H -> 2H (2H^2); the causal convolution by FFT, three
+    # real FFTs of length 2T per channel (~2.5 * 2T * log2(2T) FLOPs each, so
+    # 7.5 log2(2T) multiply-adds per token); the S4D kernel, (N/2) complex
+    # multiply-adds (4 real) per channel and position, once per batch
+    return c.n_layer * (2 * c.d_model ** 2 + 7.5 * math.log2(2 * T) * c.d_model
+                        + 2 * c.d_model * c.d_state / B) + c.d_model * c.vocab_size
+
+
+def _mamba(c, B, T):
+    # per layer (E = expand * H, R = ceil(H / 16), N = d_state, K = d_conv):
+    # in_proj H -> 2E, the depthwise conv (E K), x_proj E -> R + 2N, dt_proj R -> E,
+    # the selective scan (about 3 multiply-adds per state: B-bar u, A-bar h, C h),
+    # out_proj E -> H; the head is tied to the embedding, H V
+    E, R, N = c.expand * c.d_model, math.ceil(c.d_model / 16), c.d_state
+    return c.n_layer * (3 * E * c.d_model + E * c.d_conv + E * (R + 2 * N) + R * E + 3 * E * N) \
+        + c.d_model * c.vocab_size
+
+
+FLOPS = {  # forward multiply-adds per token
+    # per layer: input and recurrent matmuls, one (H x H) each per gate block; then the head H V
+    "rnn": lambda c, B, T: c.n_layer * 2 * c.d_model ** 2 + c.d_model * c.vocab_size,
+    "lstm": lambda c, B, T: c.n_layer * 8 * c.d_model ** 2 + c.d_model * c.vocab_size,
+    "gru": lambda c, B, T: c.n_layer * 6 * c.d_model ** 2 + c.d_model * c.vocab_size,
+    "s4": _s4,
+    "mamba": _mamba,
+    # per layer: qkv 3H^2, the output projection H^2, the MLP 8H^2 (4H^2 without it);
+    # attention scores and their weighted sum 2 T H (the full T x T is computed, then
+    # masked); the head tied to wte, H V
+    "transformer": lambda c, B, T: c.n_layer * ((12 if getattr(c, "mlp", True) else 4) * c.d_model ** 2
+                                                + 2 * T * c.d_model) + c.d_model * c.vocab_size,
+}
+
+
+def step_flops(name, cfg, B, T):
+    """FLOPs of one training step (forward + backward), or None for a model without an entry."""
+    return 6 * FLOPS[name](cfg, B, T) * B * T if name in FLOPS else None
+
+
+class UsageError(Exception):
+    """Bad input: one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def count(lo):
+    """An argparse type: an integer >= lo."""
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not an integer")
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {s}")
+        return v
+    return parse
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="bench.py", description="Training and generation speed, ours vs PyTorch.")
+    """Only the standard library here: NumPy is loaded after the thread count is set."""
+    pos, nonneg = count(1), count(0)
+    p = Parser(prog="bench.py", description="Training and generation speed, ours vs PyTorch.")
     p.add_argument("--model", nargs="+", choices=MODELS, required=True, help="one or more models")
     p.add_argument("--torch", action="store_true", help="also time the PyTorch reference and print the ratio")
     p.add_argument("--torch-option", action="append", default=[], metavar="KEY=VALUE",
@@ -46,40 +131,58 @@ def parse_args(argv):
                    help="a model Config field, e.g. d_model=512 or scan=loop (repeatable)")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, nargs="+", default=[128], help="one or more sequence lengths")
-    p.add_argument("--vocab-size", type=int, default=65, help="vocabulary size (tiny shakespeare: 65)")
-    p.add_argument("--repeats", type=int, default=10, help="timed training steps (the median is reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--gen-tokens", type=int, default=200, help="tokens generated for the generation speed")
+    p.add_argument("--batch-size", type=pos, default=16)
+    p.add_argument("--seq-len", type=pos, nargs="+", default=[128], help="one or more sequence lengths")
+    p.add_argument("--vocab-size", type=pos, default=65, help="vocabulary size (tiny shakespeare: 65)")
+    p.add_argument("--repeats", type=pos, default=10, help="timed training steps (the median is reported)")
+    p.add_argument("--warmup", type=nonneg, default=3, help="untimed steps first")
+    p.add_argument("--gen-tokens", type=pos, default=200, help="tokens generated for the generation speed")
     p.add_argument("--recompute", action="store_true", help="also time generation that re-runs forward")
     p.add_argument("--no-generate", action="store_true", help="skip the generation measurements")
-    p.add_argument("--threads", type=int, help="threads for NumPy's BLAS and PyTorch (default: all cores)")
+    p.add_argument("--threads", type=pos, default=1, help="threads for NumPy's BLAS and PyTorch (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON line per result")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's defaults (train.py keeps freed memory; see train.keep_freed_memory)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     args = p.parse_args(argv)
-    for k in ("batch_size", "vocab_size", "repeats", "gen_tokens"):
-        if getattr(args, k) < 1:
-            p.error(f"--{k.replace('_', '-')} must be positive")
-    if min(args.seq_len) < 1:
-        p.error("--seq-len must be positive")
-    if any("=" not in c for c in args.config + args.torch_option):
-        p.error("--config and --torch-option take KEY=VALUE")
+    for item in args.config + args.torch_option:
+        if "=" not in item:
+            raise UsageError(f"--config and --torch-option take KEY=VALUE, got {item!r}")
     return args
 
 
-ARGS = parse_args(sys.argv[1:]) if __name__ == "__main__" else None
-if ARGS is not None and ARGS.threads:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
-
-import dataclasses  # noqa: E402
-import importlib  # noqa: E402
-
-import numpy  # noqa: E402
-
-import train  # noqa: E402
+def configs(args, train):
+    """The Config of every (model, seq_len), checked before anything is timed."""
+    out = {}
+    for name in args.model:
+        module = importlib.import_module(name)
+        fields = {f.name: f for f in dataclasses.fields(module.Config)}
+        kwargs = {}
+        for item in args.config:
+            k, v = item.split("=", 1)
+            if k not in fields or k == "vocab_size":
+                raise UsageError(f"--config {item}: {name}.Config has no field {k!r}"
+                                 + (" (use --vocab-size)" if k == "vocab_size" else ""))
+            try:
+                kwargs[k] = train.field_type(fields[k])(v)
+            except argparse.ArgumentTypeError as e:
+                raise UsageError(f"--config {item}: {e}")
+        for T in args.seq_len:
+            cfg = module.Config(vocab_size=args.vocab_size, **kwargs)
+            if hasattr(cfg, "block_size") and cfg.block_size < T:
+                cfg.block_size = T  # the transformer's positions must cover the sequence
+            itemsize = 4 if args.dtype == "float32" else 8
+            need = train.memory_estimate(name, cfg, args.batch_size, T, itemsize, 0)
+            avail = train.available_memory(train.get_xp(args.device)[0])
+            if need and avail and need[0] > avail:
+                raise UsageError(f"{name} at batch {args.batch_size} x {T} needs about {train.gib(need[0])} "
+                                 f"({need[1]:,} parameters), more than the {train.gib(avail)} available")
+            try:   # a config the model refuses is bad input too: find out before timing anything
+                module.Model(cfg, seed=0).forward(numpy.zeros((1, T), dtype=numpy.int64))
+            except (ValueError, AssertionError, TypeError, ZeroDivisionError) as e:
+                raise UsageError(f"invalid {name} configuration: {e}")
+            out[name, T] = cfg
+    return out
 
 
 def median_time(fn, warmup, repeats, sync):
@@ -95,28 +198,24 @@ def median_time(fn, warmup, repeats, sync):
     return float(numpy.median(times))
 
 
-def config_for(module, vocab_size, T, overrides):
-    fields = {f.name: type(f.default) for f in dataclasses.fields(module.Config)}
-    kwargs = {}
-    for item in overrides:
-        k, v = item.split("=", 1)
-        if k not in fields:
-            print(f"bench.py: error: {module.__name__}.Config has no field {k!r}", file=sys.stderr)
-            sys.exit(2)
-        kwargs[k] = fields[k](v)
-    cfg = module.Config(vocab_size=vocab_size, **kwargs)
-    if hasattr(cfg, "block_size") and cfg.block_size < T:
-        cfg.block_size = T  # the transformer's positions must cover the sequence
-    return cfg
+def sgemm_peak(xp, sync, n=1024):
+    """GFLOP/s of a float32 (n x n) @ (n x n) matmul: the best of a few after a warm-up."""
+    a = xp.asarray(numpy.random.default_rng(0).standard_normal((n, n), dtype=numpy.float32))
+    b = a.T.copy()
+    best = math.inf
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
 
 
-def bench_ours(name, args, T, xp, sync):
-    module = importlib.import_module(name)
-    cfg = config_for(module, args.vocab_size, T, args.config)
-    model = module.Model(cfg, xp=xp, dtype=numpy.dtype(args.dtype), seed=0)
+def bench_ours(name, cfg, args, T, xp, sync):
+    model = importlib.import_module(name).Model(cfg, xp=xp, dtype=numpy.dtype(args.dtype), seed=0)
     opt = train.AdamW(model.params, 0.1, (0.9, 0.99))
     rng = numpy.random.default_rng(0)
-    data = rng.integers(0, args.vocab_size, 100_000)
+    data = rng.integers(0, args.vocab_size, max(100_000, T + 1))
 
     def step():
         x, y = train.get_batch(data, args.batch_size, T, rng)
@@ -136,7 +235,7 @@ def bench_ours(name, args, T, xp, sync):
                 for t in range(1, n + 1):
                     model.forward(data[None, :t])
             out["generate-recompute"] = median_time(recompute, 0, 1, sync) / n
-    return cfg, model, out
+    return model, out
 
 
 def bench_torch(name, args, T, cfg, model, to_host):
@@ -147,13 +246,16 @@ def bench_torch(name, args, T, cfg, model, to_host):
     dev = "cuda" if args.device == "gpu" else "cpu"
     dtype = getattr(torch, args.dtype)
     params = {k: to_host(v) for k, v in model.params.items()}
-    ref = torch_ref.build(name, cfg, params, dtype=dtype, **options).to(dev)
+    try:
+        ref = torch_ref.build(name, cfg, params, dtype=dtype, **options).to(dev)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--torch-option {' '.join(args.torch_option)}: torch_ref.{name} refuses it ({e})")
     named = dict(ref.named_parameters())
     groups = [{"params": [p for k, p in named.items() if train.decays(k, p.shape)], "weight_decay": 0.1},
               {"params": [p for k, p in named.items() if not train.decays(k, p.shape)], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.99))
     rng = numpy.random.default_rng(0)
-    data = rng.integers(0, args.vocab_size, 100_000)
+    data = rng.integers(0, args.vocab_size, max(100_000, T + 1))
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
     def step():
@@ -178,42 +280,73 @@ def bench_torch(name, args, T, cfg, model, to_host):
     return out
 
 
-def main():
-    args = ARGS
+def run(argv):
+    global numpy, train
+    args = parse_args(argv)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
+    import numpy   # after the thread count is set: BLAS reads it once, when it loads
+    import train
     if not args.default_malloc:
         train.keep_freed_memory()  # as train.py does; applies to both sides of the comparison
     try:
         xp, to_host = train.get_xp(args.device)
     except train.UsageError as e:
-        print(f"bench.py: error: {e}", file=sys.stderr)
-        return 2
-    sync = (lambda: xp.cuda.Device().synchronize()) if args.device == "gpu" else (lambda: None)
+        raise UsageError(str(e))
+    cfgs = configs(args, train)
     if args.torch:
         try:
             import torch
         except ImportError:
-            print("bench.py: error: --torch needs PyTorch (pip install torch==2.13.0)", file=sys.stderr)
-            return 2
-        if args.threads:
-            torch.set_num_threads(args.threads)
-    threads = args.threads or os.cpu_count()
+            raise UsageError("--torch needs PyTorch (pip install torch==2.13.0)")
+        torch.set_num_threads(args.threads)
+    sync = (lambda: xp.cuda.Device().synchronize()) if args.device == "gpu" else (lambda: None)
+    peak = sgemm_peak(xp, sync)
+    if not args.json:
+        print(f"{args.threads} thread{'s' if args.threads > 1 else ''} on {args.device}; float32 sgemm peak "
+              f"{peak:.1f} GFLOP/s (1024 x 1024 matmul); {args.dtype}", flush=True)
     for name in args.model:
         for T in args.seq_len:
-            cfg, model, ours = bench_ours(name, args, T, xp, sync)
+            cfg = cfgs[name, T]
+            model, ours = bench_ours(name, cfg, args, T, xp, sync)
             theirs = bench_torch(name, args, T, cfg, model, to_host) if args.torch else {}
+            flops = step_flops(name, cfg, args.batch_size, T)
             for kind, t in ours.items():
                 batch = args.batch_size if kind == "train" else 1
                 tokens = batch * T if kind == "train" else 1
-                row = dict(model=name, kind=kind, config=args.config, device=args.device, dtype=args.dtype, batch=batch,
-                           seq_len=T if kind == "train" else None, threads=threads,
+                row = dict(model=name, kind=kind, config=args.config, device=args.device, dtype=args.dtype,
+                           batch=batch, seq_len=T if kind == "train" else None, threads=args.threads,
                            ours_ms=1000 * t, ours_tok_s=tokens / t)
                 line = f"{name:<12} {kind:<19} ours {tokens / t:>10,.0f} tok/s ({1000 * t:8.2f} ms"
                 line += f" per {'step of ' + str(batch) + 'x' + str(T) if kind == 'train' else 'token'})"
+                if kind == "train" and flops:
+                    row.update(step_gflop=flops / 1e9, gflop_s=flops / t / 1e9, sgemm_peak_gflop_s=peak,
+                               peak_fraction=flops / t / 1e9 / peak)
+                    line += (f" | {flops / 1e9:6.2f} GFLOP, {flops / t / 1e9:6.1f} GFLOP/s = "
+                             f"{100 * flops / t / 1e9 / peak:3.0f}% of peak")
                 if kind in theirs:
                     row.update(torch_ms=1000 * theirs[kind], torch_tok_s=tokens / theirs[kind],
                                ratio=theirs[kind] / t, torch_options=args.torch_option)
                     line += f" | torch {tokens / theirs[kind]:>10,.0f} tok/s | ours/torch {theirs[kind] / t:5.2f}x"
                 print(json.dumps(row) if args.json else line, flush=True)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        run(argv)
+    except KeyboardInterrupt:
+        print("\nbench.py: interrupted", file=sys.stderr)
+        return 130
+    except UsageError as e:
+        print(f"bench.py: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if "--debug" in argv or os.environ.get("SEQ_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"bench.py: unexpected error: {type(e).__name__}: {e} (run with --debug, or SEQ_DEBUG=1, for "
+              "the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

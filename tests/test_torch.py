@@ -54,3 +54,33 @@ def test_reference_step_matches_its_forward(name):
         for t in range(8):
             out, state = ref.step(idx[:, t], state)
             compare(f"step {t}", out.numpy(), full[:, t])
+
+
+def test_torch_ref_train_runs_train_pys_recipe(tmp_path):
+    """`python -m torch_ref.train` starts from the same arrays on the same windows as train.py: the
+    first evaluation line is the same to the printed digits; bad input is one line, exit 2."""
+    import os
+    import subprocess
+    import sys
+    from models import ROOT
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"the {w} fox jumps over {i % 7} lazy dogs.\n" for i, w in
+                            enumerate(["quick", "slow", "red"] * 300)))
+    flags = ["--model", "gru", "--data", str(text), "--max-iters", "4", "--eval-interval", "4", "--eval-iters",
+             "2", "--batch-size", "4", "--seq-len", "16", "--d-model", "16", "--log-interval", "2"]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+
+    def run(*cmd):
+        out = subprocess.run([sys.executable, *cmd], cwd=tmp_path, capture_output=True, text=True, env=env)
+        return out.returncode, out.stdout, out.stderr
+
+    rc, theirs, err = run("-m", "torch_ref.train", *flags)
+    assert rc == 0, err
+    rc, ours, err = run(os.path.join(ROOT, "train.py"), *flags, "--sample-tokens", "0", "--out-dir", "o")
+    assert rc == 0, err
+    step0 = [[line for line in out.splitlines() if line.startswith("step 0:")] for out in (theirs, ours)]
+    assert step0[0] == step0[1] and len(step0[0]) == 1, step0
+    assert "done: 4 iterations" in theirs
+    rc, out, err = run("-m", "torch_ref.train", *flags, "--lr", "nan")
+    assert rc == 2 and err.strip().splitlines() == ["torch_ref.train: error: argument --lr: must be a finite "
+                                                    "number, got nan"], err

@@ -1,8 +1,10 @@
 """PyTorch reference modules, one file per model, for the tests, bench.py and
-torch_train.py. Never imported by the models or train.py: PyTorch is optional.
+torch_ref/train.py (`python -m torch_ref.train`, train.py's recipe in PyTorch).
+Never imported by the models or train.py: PyTorch is optional.
 
-Each torch_ref/<model>.py builds the PyTorch module that DESIGN.md names as the
-reference for <model>.py and exposes:
+Each torch_ref/<model>.py builds the PyTorch module that <model>.py matches
+parameter by parameter (torch.nn.RNN/LSTM/GRU, nanoGPT's GPT, the S4D layer of
+the S4 authors' s4d.py, the reference Mamba LM) and exposes:
 
     build(cfg, params, dtype=torch.float64, **options) -> module
         cfg is the model's Config; params a dict name -> NumPy array (our
