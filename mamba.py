@@ -49,15 +49,15 @@ What it is not
 Which scan (Config.scan; the tests check that both agree to 1e-12 in float64, values
 and gradients). Both keep the state as (B, N, E), as step() does. Times of the scan alone,
 forward + backward, per layer, at the standard config (B16 T128, E 256, N 16), float32,
-one thread (2-core AMD EPYC):
-- "loop", the reference, 80 ms: Algorithm 2 step by step, every line of forward and
+one thread, on a 2-core AMD EPYC shared with other jobs (CPU time):
+- "loop", the reference, 84 ms: Algorithm 2 step by step, every line of forward and
   backward inside the time loop.
-- "batched", the default, 100 ms: the same recurrence vectorized. The decays
-  exp(Delta A) and inputs Delta B u for all t in one pass each, only h_t = a_t h_{t-1} + x_t
-  in the time loop (in place, one contiguous (B, N, E) block per step), y = C h for all t
-  as one batched matmul; the backward the same way around the reverse loop.
-A parallel (Blelloch / Hillis-Steele) scan was 8x slower than the loop in NumPy on this
-CPU, and a chunked scan (Mamba-2's form) 7x slower, so neither is offered here.
+- "fast", the default, 66 ms: the same loop with only the recurrence inside it, in place
+  in buffers that stay in the CPU cache; y, dC and the (T, B, E) products for all t at once.
+  Vectorizing over t as well (a_t and x_t for all t first, then an in-place loop for h
+  alone) took 104 ms: each extra pass over a (T, B, N, E) array costs more memory
+  traffic than the per-step Python overhead it saves. So did a parallel (Blelloch /
+  Hillis-Steele) scan, 8x slower than the loop, and a chunked scan (Mamba-2's form), 7x.
 
 Shapes (B batch, T time, C = d_model, E = d_inner = expand*C, N = d_state,
 R = dt_rank = ceil(C/16), K = d_conv, V vocab)
@@ -101,7 +101,7 @@ class Config:
     d_state: int = 16        # N: state size per channel; the memory is d_inner x d_state per layer
     expand: int = 2          # d_inner E = expand * d_model channels inside the mixer
     d_conv: int = 4          # K: taps of the causal depthwise conv (it sees K-1 past inputs)
-    scan: str = "batched"    # "batched" (the fast scan) or "loop" (the reference); see "Which scan"
+    scan: str = "fast"       # "fast" or "loop" (the reference); see "Which scan"
 
     @property
     def d_inner(self):       # E
@@ -259,65 +259,62 @@ def selective_scan_loop_backward(dy, cache, xp):
     return du, ddelta, (dA * AT).T, dB, dC
 
 
-def linear_recurrence(a, x, xp, reverse=False):
-    """In place over axis 0 (x becomes the result), the only sequential part of the fast scan:
-        forward:  h_t = a_t h_{t-1} + x_t,     h_{-1} = 0
-        reverse:  g_t = a_{t+1} g_{t+1} + x_t, g_T = 0   (the adjoint, with the NEXT decay)
-    Per step, two in-place ops on one contiguous (B, N, E) block."""
-    T = x.shape[0]
-    tmp = xp.empty_like(x[0])
-    if reverse:
-        for t in range(T - 2, -1, -1):
-            xp.multiply(a[t + 1], x[t + 1], out=tmp)
-            x[t] += tmp
-    else:
-        for t in range(1, T):
-            xp.multiply(a[t], x[t - 1], out=tmp)
-            x[t] += tmp
-    return x
-
-
 def selective_scan_forward(u, delta, A_log, Bm, Cm, xp):
-    """scan="batched", the default: the same recurrence, with a_t and x_t for all t in one
-    vectorized pass each, then the in-place time loop, then y = C . h for all t as one
-    batched (1, N) @ (N, E) matmul.
+    """scan="fast", the default: the loop above, with only the recurrence left inside it.
+    Per step, the (B, N, E) work of step t in place, in a buffer for a_t and straight
+    into the stored h[t]: one block that stays in the CPU cache. Outside the loop, for
+    all t at once: Delta u before it, y = C . h after it (one batched (1, N) @ (N, E)).
+    The (T, B, N, E) arrays are memory-bound, so touching them once is what makes it fast.
 
-    Stored for the backward: a_t and h_t for every t, (T, B, N, E) each, 2 x 8.4M numbers
-    per layer at the standard config (B16 T128, E 256, N 16), 268 MB for the 4 layers in
-    float32. Recomputing a would save half for one more exp pass per layer; recomputing h
-    too (as the CUDA kernel does) would need the forward recurrence again."""
+    Stored for the backward: h_t for every t, (T, B, N, E), 8.4M numbers per layer at the
+    standard config (B16 T128, E 256, N 16), 134 MB for the 4 layers in float32. a_t is
+    recomputed in the backward (one exp per step, cheaper than reading it back from memory);
+    recomputing h too, as the CUDA kernel does, would need the forward recurrence again."""
+    T, B, E = u.shape
     AT = -xp.exp(A_log).T                                    # A, as (N, E)
-    a = delta[:, :, None, :] * AT                            # (T, B, N, E): Delta_t A
-    xp.exp(a, out=a)                                         # a_t, in place
-    h = Bm[..., None] * (delta * u)[:, :, None, :]           # (T, B, N, E): x_t = (Delta_t u_t) B_t
-    linear_recurrence(a, h, xp)                              # h_t = a_t h_{t-1} + x_t, in place
+    du = delta * u                                           # (T, B, E): Delta_t u_t
+    h = xp.empty((T, B, AT.shape[0], E), u.dtype)            # h_t for every t
+    a = xp.empty(h.shape[1:], u.dtype)                       # a_t, one (B, N, E) buffer
+    for t in range(T):
+        xp.multiply(delta[t][:, None, :], AT, out=a)
+        xp.exp(a, out=a)                                     # a_t = exp(Delta_t A)
+        xp.multiply(Bm[t][:, :, None], du[t][:, None, :], out=h[t])   # x_t = (Delta_t u_t) B_t
+        if t > 0:                                            # h_{-1} = 0
+            a *= h[t - 1]
+            h[t] += a                                        # h_t = a_t h_{t-1} + x_t
     y = (Cm[:, :, None, :] @ h)[:, :, 0]                     # (T, B, E): y_t = C_t . h_t
-    return y, (u, delta, AT, Bm, Cm, a, h)
+    return y, (u, delta, AT, Bm, Cm, h)
 
 
 def selective_scan_backward(dy, cache, xp):
-    """-> du (the scan's part), dDelta, dA_log, dB, dC, for all t at once around one loop."""
-    u, delta, AT, Bm, Cm, a, h = cache
-    N, E = AT.shape
+    """-> du (the scan's part), dDelta, dA_log, dB, dC: the reference backward the same
+    way, in place in (B, N, E) buffers, with whatever does not need G_t done for all t."""
+    u, delta, AT, Bm, Cm, h = cache
     dC = (h @ dy[..., None])[..., 0]                         # (T, B, N): sum_e dy_t h_t
-    G = Cm[..., None] * dy[:, :, None, :]                    # (T, B, N, E): dy_t (x) C_t
-    linear_recurrence(a, G, xp, reverse=True)                # G_t = dy_t (x) C_t + a_{t+1} G_{t+1}
-    GB = (Bm[:, :, None, :] @ G)[:, :, 0]                    # (T, B, E): sum_n G_t B_t
-    dB = (G @ (delta * u)[..., None])[..., 0]                # (T, B, N): sum_e G_t Delta_t u_t
-    du = GB * delta                                          # the input path into u
-    ddelta = GB * u                                          # the input path into Delta
-    # dL/d(Delta_t A) = G_t h_{t-1} a_t, in place in G (done with it); h_{-1} = 0
-    G[0] = 0
-    G[1:] *= h[:-1]
-    G[1:] *= a[1:]
-    G *= AT                                                  # times A, shared by both uses below
-    ddelta += G.sum(2)                                       # the decay path into Delta: sum_n
-    G *= delta[:, :, None, :]
-    dA_log = G.reshape(-1, N * E).sum(0).reshape(N, E).T     # (E, N): dA * A summed over t and b
-    return du, ddelta, dA_log, dB, dC
+    du = delta * u
+    G = xp.zeros(h.shape[1:], u.dtype)                       # a_{t+1} G_{t+1}, 0 at the end
+    a, tmp = xp.empty_like(G), xp.empty_like(G)
+    GB, dB = xp.empty_like(u), xp.empty_like(Bm)
+    ddecay, dA_log = xp.zeros_like(u), xp.zeros_like(AT)     # the decay path into Delta and A
+    for t in reversed(range(u.shape[0])):
+        xp.multiply(Cm[t][:, :, None], dy[t][:, None, :], out=tmp)
+        G += tmp                                             # G_t = dy_t (x) C_t + a_{t+1} G_{t+1}
+        GB[t] = (Bm[t][:, None, :] @ G)[:, 0]                # sum_n G_t B_t  (B, E)
+        dB[t] = (G @ du[t][:, :, None])[:, :, 0]             # sum_e G_t Delta_t u_t  (B, N)
+        xp.multiply(delta[t][:, None, :], AT, out=a)
+        xp.exp(a, out=a)                                     # a_t, recomputed
+        if t > 0:                                            # h_{-1} = 0
+            xp.multiply(G, h[t - 1], out=tmp)
+            tmp *= a                                         # dL/d(Delta_t A) = G_t h_{t-1} a_t
+            tmp *= AT                                        # times A: shared by both sums
+            tmp.sum(1, out=ddecay[t])                        # sum_n
+            tmp *= delta[t][:, None, :]
+            dA_log += tmp.sum(0)                             # sum_b: dA * A = dA_log
+        G *= a                                               # on to h_{t-1}
+    return GB * delta, GB * u + ddecay, dA_log.T, dB, dC
 
 
-SCANS = {"batched": (selective_scan_forward, selective_scan_backward),
+SCANS = {"fast": (selective_scan_forward, selective_scan_backward),
          "loop": (selective_scan_loop_forward, selective_scan_loop_backward)}
 
 

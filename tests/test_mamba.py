@@ -30,21 +30,21 @@ def test_fast_scan_matches_the_reference_loop():
     B, T, V = 3, 21, TINY["mamba"]["vocab_size"]
     idx, R = rng.integers(0, V, (B, T)), rng.standard_normal((B, T, V))
     ref_model = make("mamba", scan="loop")
-    model = make("mamba", scan="batched")
+    model = make("mamba", scan="fast")
     for m in (ref_model, model):
         perturb(m)
         m.params["layers.0.mixer.dt_proj.bias"] += 2.0  # larger Delta: decays well below 1 as well
-    assert_close(run(model, idx, R), run(ref_model, idx, R), 1e-12, "batched")
+    assert_close(run(model, idx, R), run(ref_model, idx, R), 1e-12, "fast")
 
 
 def test_fast_scan_matches_the_reference_loop_float32():
     rng = numpy.random.default_rng(0)
     B, T, V = 2, 20, TINY["mamba"]["vocab_size"]
     idx, R = rng.integers(0, V, (B, T)), rng.standard_normal((B, T, V)).astype(numpy.float32)
-    ref, ours = run(make("mamba", "float32", scan="loop"), idx, R), run(make("mamba", "float32", scan="batched"), idx, R)
+    ref, ours = run(make("mamba", "float32", scan="loop"), idx, R), run(make("mamba", "float32", scan="fast"), idx, R)
     for k, v in ours.items():
         assert v.dtype == numpy.float32, k
-    assert_close(ours, ref, 1e-4, "batched float32")
+    assert_close(ours, ref, 1e-4, "fast float32")
 
 
 def conv_direct(xi, w, b):
