@@ -5,13 +5,12 @@ state-space model, with a hand-derived backward pass.
     embedding -> n_layer x [x + Mixer(RMSNorm(x))] -> RMSNorm -> logits = h E^T (tied head)
 
 What it is
-- Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State
-  Spaces" (arXiv 2312.00752): the selective SSM of section 3.2 (Algorithm 2) inside
-  the Mamba block of section 3.4 (Figure 3), with Delta parameterised as in
-  section 3.6. Names and layouts are those of mamba-minimal's Mamba LM (model.py;
-  mamba_ssm's MambaLMHeadModel uses the same names under a "backbone." prefix), so a
-  checkpoint's arrays load into it by name (torch_ref/mamba.py is that module, and
-  the tests compare against it).
+- Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces"
+  (arXiv 2312.00752): the selective SSM of section 3.2 (Algorithm 2) inside the block of
+  section 3.4 (Figure 3), Delta parameterised as in section 3.6. Names and layouts are
+  mamba-minimal's Mamba LM (model.py; mamba_ssm's MambaLMHeadModel adds a "backbone."
+  prefix), so a checkpoint's arrays load into it by name (torch_ref/mamba.py is that
+  module, and the tests compare against it).
 - The mixer, per position t (E = d_inner channels, N = d_state):
       [xi, z] = x W_in^T                      in_proj, no bias; xi feeds the conv, z the gate
       xc      = causal depthwise conv(xi) + b  Conv1d(groups=E), the last tap on the current input
@@ -19,73 +18,56 @@ What it is
       [dt_low, B_t, C_t] = u W_x^T            x_proj: Delta, B and C depend on the input ("selective")
       Delta   = softplus(dt_low W_dt^T + b_dt) dt_proj, (E,)
       A       = -exp(A_log)                   (E, N), negative: every state decays
-      h_t     = exp(Delta_t A) * h_{t-1} + (Delta_t u_t) B_t      (E, N), the memory
-      y_t     = h_t C_t + D u_t               read the memory, plus a skip
+      h_t     = exp(Delta_t A) * h_{t-1} + (Delta_t u_t) B_t      (N, E), the memory
+      y_t     = C_t . h_t + D u_t             read the memory, plus a skip
       out     = (y * SiLU(z)) W_out^T         gate, out_proj
-  The decay exp(Delta A) is the zero-order-hold discretization of A (section 2,
-  eq. 4); the input uses the simpler Euler step Delta B, as mamba-minimal and
-  mamba_ssm's reference scan do. A large Delta forgets the state and takes in the
-  current token; a small Delta keeps the state and ignores the token. Because
-  Delta, B and C are computed from the token, the model chooses, token by token,
-  what to remember: that is what "selective" means.
-- Memory is the state h (E x N numbers per layer) plus the last d_conv - 1 conv
-  inputs (E x (d_conv - 1)), whatever the length of the history.
-- forward() is the training path: every projection is one matmul over all B*T
-  positions; the scan's decays and inputs are computed for all t at once, and only
-  the recurrence h_t = a_t * h_{t-1} + x_t runs in a Python loop over time (see
-  "Which scan" below). backward() runs the same recurrence backwards in time for
-  the state gradient. step() is the inference path: one token, O(1) in the position.
-- Runs on NumPy or CuPy (the `xp` argument), in float32 or float64, with no casts
-  inside (a float64 model stays float64).
+  exp(Delta A) is the zero-order-hold discretization of A (section 2, eq. 4); the input
+  takes the simpler Euler step Delta B, as mamba-minimal and mamba_ssm's reference scan
+  do. A large Delta forgets the state and takes in the token; a small Delta keeps the
+  state and ignores the token: the model chooses, token by token, what to remember.
+- Memory: the state h (N x E numbers per layer) plus the last d_conv - 1 conv inputs,
+  whatever the length of the history. step() is the inference path, O(1) per token.
+- forward() is the training path: every projection is one matmul over all B*T positions,
+  and only the scan loops over time; backward() runs its adjoint backwards in time.
+- NumPy or CuPy (the `xp` argument), float32 or float64, no casts inside.
 
-What it is not
-- Not Mamba-2 (no scalar-per-head A, no SSD matmul form), no hardware-aware fused
-  kernel: the CUDA kernel recomputes h in backward and never writes it to memory;
-  here h for every t is stored (see the memory note at selective_scan_forward).
-- No dropout, no state carried between batches (every sequence starts from h = 0
-  and an all-zero conv history), no vocab padding, no gradient clipping (train.py
-  clips the global norm), no bias in in_proj / out_proj (mamba_ssm's default).
+What it is not: Mamba-2 (scalar-per-head A, the chunked SSD form), or the fused CUDA kernel
+(which recomputes h in the backward instead of storing it); no dropout, no state carried
+between batches (every sequence starts from h = 0 and an all-zero conv history), no vocab
+padding, no bias in in_proj / out_proj (mamba_ssm's default).
 
 Which scan (Config.scan; the tests check that both agree to 1e-12 in float64, values
-and gradients). Both keep the state as (B, N, E), as step() does. Times of the scan alone,
-forward + backward, per layer, at the standard config (B16 T128, E 256, N 16), float32,
-one thread, on a 2-core AMD EPYC shared with other jobs (CPU time):
-- "loop", the reference, 84 ms: Algorithm 2 step by step, every line of forward and
-  backward inside the time loop.
+and gradients; both keep the state as (B, N, E), as step() does). Times of the scan
+alone, forward + backward, one layer at the standard config (B16 T128, E 256, N 16),
+float32, one thread of a 2-core AMD EPYC shared with other jobs (CPU time):
+- "loop", the reference, 84 ms: Algorithm 2 step by step, every line inside the loop.
 - "fast", the default, 66 ms: the same loop with only the recurrence inside it, in place
   in buffers that stay in the CPU cache; y, dC and the (T, B, E) products for all t at once.
-  Vectorizing over t as well (a_t and x_t for all t first, then an in-place loop for h
-  alone) took 104 ms: each extra pass over a (T, B, N, E) array costs more memory
-  traffic than the per-step Python overhead it saves. So did a parallel (Blelloch /
-  Hillis-Steele) scan, 8x slower than the loop, and a chunked scan (Mamba-2's form), 7x.
+  Vectorizing over t as well (a_t and x_t for all t, then a loop for h alone) took 104 ms:
+  each extra pass over a (T, B, N, E) array costs more memory traffic than the per-step
+  Python overhead it saves. A parallel (Blelloch / Hillis-Steele) scan was 8x slower than
+  the loop, a chunked scan (Mamba-2's form) 7x.
 
 Shapes (B batch, T time, C = d_model, E = d_inner = expand*C, N = d_state,
-R = dt_rank = ceil(C/16), K = d_conv, V vocab)
+R = dt_rank = ceil(C/16), K = d_conv, V vocab; * = layers.{i}.mixer.)
     symbol   paper       shape        parameter
     E_emb    -           (V, C)       embedding.weight (also the head: logits = h E_emb^T)
-    w_norm   -           (C,)         layers.{i}.norm.weight        RMSNorm
-    W_in     -           (2E, C)      layers.{i}.mixer.in_proj.weight
-    w_conv   -           (E, 1, K)    layers.{i}.mixer.conv1d.weight
-    b_conv   -           (E,)         layers.{i}.mixer.conv1d.bias
-    W_x      s_B, s_C,   (R+2N, E)    layers.{i}.mixer.x_proj.weight  rows [dt_low | B | C]
+    w_norm   -           (C,)         layers.{i}.norm.weight, and norm_f.weight: RMSNorm
+    W_in     -           (2E, C)      *in_proj.weight
+    w_conv   -           (E, 1, K)    *conv1d.weight, and *conv1d.bias (E,)
+    W_x      s_B, s_C,   (R+2N, E)    *x_proj.weight, rows [dt_low | B | C]
              s_Delta
-    W_dt     -           (E, R)       layers.{i}.mixer.dt_proj.weight
-    b_dt     tau_Delta   (E,)         layers.{i}.mixer.dt_proj.bias
-    A_log    A = -exp()  (E, N)       layers.{i}.mixer.A_log
-    D        D           (E,)         layers.{i}.mixer.D
-    W_out    -           (C, E)       layers.{i}.mixer.out_proj.weight
-    w_f      -           (C,)         norm_f.weight
-    delta    Delta       (T, B, E)    activations, time-major
+    W_dt     -           (E, R)       *dt_proj.weight
+    b_dt     tau_Delta   (E,)         *dt_proj.bias
+    A_log    A = -exp()  (E, N)       *A_log
+    D        D           (E,)         *D
+    W_out    -           (C, E)       *out_proj.weight
+    delta    Delta       (T, B, E)    activations, time-major (each scan step reads one block)
     B_t, C_t B, C        (T, B, N)
     h        h           (T, B, N, E) in the scans, (B, N, E) in step(): the state axis
                          before the channels (the paper writes (B, E, N))
-    logits   -           (B, T, V)
-Activations are time-major, (T, B, .), inside the layers, so that each step of the
-scan reads and writes one contiguous block.
-
-The backward's derivations sit next to the code they explain (the scan's above
-selective_scan_loop_forward); the tests check every gradient by finite differences and
-against torch_ref/mamba.py.
+Each backward's derivation sits next to it (the scan's above selective_scan_loop_forward);
+the tests check every gradient by finite differences and against torch_ref/mamba.py.
 """
 import math
 from dataclasses import dataclass
@@ -203,14 +185,14 @@ def causal_conv_backward(dy, cache, xp):
 #     h_t = a_t * h_{t-1} + x_t,   a_t = exp(Delta_t A),   x_t = (Delta_t u_t) B_t,   h_{-1} = 0
 #     y_t = sum_n C_t[n] h_t[n]                          (the D skip is added by the mixer)
 # One layout for the state, here and in step(): h_t is (B, N, E), the state axis before the
-# channels, so that the big broadcasts (Delta_t A, Delta_t u_t B_t, dy_t C_t) run over
-# contiguous rows of E numbers rather than N = 16 (3x faster in NumPy).
+# channels, so that the broadcasts (Delta_t A, Delta_t u_t B_t, dy_t C_t) run over contiguous
+# rows of E numbers rather than N = 16 (the reference loop is 1.5x faster so than in (B, E, N)).
 #
 # The backward. Let G_t = dL/dh_t, everything that reaches h_t. Two things read h_t: y_t (which
 # sends back dy_t (x) C_t) and h_{t+1} = a_{t+1} h_t + ... (which sends back a_{t+1} G_{t+1}). So
 #     G_t = dy_t (x) C_t + a_{t+1} * G_{t+1},   G_{T-1} = dy_{T-1} (x) C_{T-1}
 # the adjoint recurrence: the same linear recurrence run backwards in time, with the NEXT
-# step's decay. Given G, each step's inputs get their gradients locally, for all t at once:
+# step's decay. Given G_t, step t's inputs get their gradients locally:
 #     dx_t = G_t and da_t = G_t * h_{t-1}  (h_{-1} = 0, so da_0 = 0)
 #     dC_t = sum_e dy_t h_t                                      (y_t = C_t . h_t)
 #     x_t = Delta_t u_t B_t:  dB_t = sum_e G_t Delta_t u_t,  du_t = Delta_t sum_n G_t B_t,
@@ -260,16 +242,12 @@ def selective_scan_loop_backward(dy, cache, xp):
 
 
 def selective_scan_forward(u, delta, A_log, Bm, Cm, xp):
-    """scan="fast", the default: the loop above, with only the recurrence left inside it.
-    Per step, the (B, N, E) work of step t in place, in a buffer for a_t and straight
-    into the stored h[t]: one block that stays in the CPU cache. Outside the loop, for
-    all t at once: Delta u before it, y = C . h after it (one batched (1, N) @ (N, E)).
-    The (T, B, N, E) arrays are memory-bound, so touching them once is what makes it fast.
-
-    Stored for the backward: h_t for every t, (T, B, N, E), 8.4M numbers per layer at the
-    standard config (B16 T128, E 256, N 16), 134 MB for the 4 layers in float32. a_t is
-    recomputed in the backward (one exp per step, cheaper than reading it back from memory);
-    recomputing h too, as the CUDA kernel does, would need the forward recurrence again."""
+    """scan="fast", the default: the loop above with only the recurrence inside it, in place
+    in a (B, N, E) buffer for a_t and in h[t] (blocks that stay in the CPU cache); Delta u
+    before the loop and y = C . h after it, for all t at once. Stored for the backward:
+    h_t for every t, (T, B, N, E), 134 MB for the 4 layers at the standard config in
+    float32. a_t is recomputed in the backward: one exp per step is cheaper than reading
+    a stored a_t back from memory."""
     T, B, E = u.shape
     AT = -xp.exp(A_log).T                                    # A, as (N, E)
     du = delta * u                                           # (T, B, E): Delta_t u_t
@@ -335,17 +313,14 @@ class Model:
             return rng.uniform(-bound, bound, shape)
 
         # Init as mamba_ssm (MixerModel._init_weights, Mamba.__init__) and alxndrTL's mamba.py:
-        # - embedding N(0, 0.02^2). With the tied head and the final RMSNorm the logits
-        #   start at std ~0.02 sqrt(C) = 0.23, so the loss starts near ln V. (PyTorch's
-        #   N(0, 1) would give logits of std sqrt(C) = 11 and a loss far above ln V.)
-        # - in_proj, x_proj: PyTorch's Linear default, U(+-1/sqrt(fan_in)); conv1d weight and
-        #   bias: PyTorch's Conv1d default, U(+-1/sqrt(K)) (fan_in = K for a depthwise conv);
-        #   out_proj: the Linear default divided by sqrt(n_layer), so that the residual
-        #   stream's variance does not grow with depth (mamba_ssm's rescale_prenorm_residual).
-        # - dt_proj.weight U(+-R^-1/2); dt_proj.bias = softplus^-1(dt) with dt log-uniform in
-        #   [1e-3, 1e-1] (mamba_ssm's dt_min, dt_max; floored at 1e-4): Delta starts in that range.
-        # - A_log = log(1..N) for every channel (S4D-Real: A = -(1, 2, ..., N)); D = 1.
-        # - RMSNorm weights 1.
+        # - embedding N(0, 0.02^2): with the tied head and the final RMSNorm the logits start
+        #   at std ~0.02 sqrt(C) = 0.23 and the loss near ln V (N(0, 1) would give std 11);
+        # - in_proj, x_proj: PyTorch's Linear default U(+-1/sqrt(fan_in)); conv1d: Conv1d's,
+        #   U(+-1/sqrt(K)); out_proj: Linear's over sqrt(n_layer), so that the residual stream's
+        #   variance does not grow with depth (mamba_ssm's rescale_prenorm_residual);
+        # - dt_proj.weight U(+-R^-1/2); dt_proj.bias = softplus^-1(dt), dt log-uniform in
+        #   [1e-3, 1e-1] floored at 1e-4: Delta starts in that range;
+        # - A_log = log(1..N) in every channel (S4D-Real: A = -(1, ..., N)); D = 1; RMSNorm w = 1.
         p = {"embedding.weight": cast(0.02 * rng.standard_normal((V, C)))}
         for l in range(L):
             m = f"layers.{l}.mixer."
@@ -362,13 +337,12 @@ class Model:
             p[m + "out_proj.weight"] = cast(uniform(1 / math.sqrt(E), C, E) / math.sqrt(L))
         p["norm_f.weight"] = cast(numpy.ones(C))
         self.params = p
-        self._mixer_names = [[(k[len(f"layers.{l}.mixer."):], k) for k in p if k.startswith(f"layers.{l}.mixer.")]
-                             for l in range(L)]
 
     def _mixer_params(self, l):
         """Layer l's mixer parameters under their short names (in_proj.weight, A_log, ...),
         read from .params at each call, so that .params stays live."""
-        return {short: self.params[name] for short, name in self._mixer_names[l]}
+        pre = f"layers.{l}.mixer."
+        return {k[len(pre):]: v for k, v in self.params.items() if k.startswith(pre)}
 
     # ------------------------------------------------------------------ forward
     def forward(self, idx, train=False, x0=None):
@@ -396,14 +370,10 @@ class Model:
         return logits, cache
 
     def _mixer_forward(self, l, x):
-        """x (T, B, C), the normalized input -> out (T, B, C), cache.
-
-        The cache holds, per layer: the mixer input x (T, B, C); xi (the conv's input,
-        a view of in_proj's output), xc and sigma(xc), u, z and sigma(z), SiLU(z), y and
-        the gated g, (T, B, E) each; dt_low (T*B, R) and the softplus input (T*B, E);
-        and the scan's own cache (u, Delta, B_t, C_t, and a and h, see
-        selective_scan_forward). Recomputed in the backward: sigma of the softplus
-        input (one (T*B, E) pass). The RMSNorm cache (n, r) is kept by forward()."""
+        """x (T, B, C), the normalized input -> out (T, B, C), cache. The cache holds x; xi
+        (the conv's input), xc, u, z, sigma(xc), sigma(z), SiLU(z), y and the gated g, (T, B, E)
+        each; dt_low (T*B, R) and the softplus input (T*B, E); the scan's cache (its inputs
+        and h). Recomputed in the backward: sigma of the softplus input, one (T*B, E) pass."""
         xp, cfg, p = self.xp, self.cfg, self._mixer_params(l)
         T, B, C = x.shape
         E, N, R, M = cfg.d_inner, cfg.d_state, cfg.dt_rank, T * B
@@ -493,13 +463,11 @@ class Model:
 
     # ------------------------------------------------------------ step (inference)
     def init_state(self, batch):
-        """The whole memory of the model, per layer:
-        - conv (batch, E, K-1): the last K-1 inputs xi of the causal conv (raw, before the
-          conv and the SiLU), all the conv needs to see its window of K;
-        - h (batch, N, E): the SSM state, in the scans' layout (state axis first).
-        E (K-1 + N) numbers per layer and sequence (256 x 19 = 4864 at the standard
-        config), whatever the position: step() costs the same at token 10 and token 10^6,
-        unlike attention's KV cache, which grows with every token."""
+        """The whole memory of the model, per layer: conv (batch, E, K-1), the last K-1 conv
+        inputs xi (before the conv and the SiLU), all the conv needs for its window of K;
+        and h (batch, N, E), the SSM state in the scans' layout. E (K-1 + N) numbers per layer
+        and sequence (4864 at the standard config) at any position: step() costs the same at
+        token 10 and token 10^6, unlike attention's KV cache, which grows with every token."""
         E, N, K = self.cfg.d_inner, self.cfg.d_state, self.cfg.d_conv
         return [(self.xp.zeros((batch, E, K - 1), self.dtype), self.xp.zeros((batch, N, E), self.dtype))
                 for _ in range(self.cfg.n_layer)]

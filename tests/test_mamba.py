@@ -129,6 +129,7 @@ def test_init():
     assert 0.4e6 < n < 0.5e6, n                                 # the standard config: ~0.46M at vocab 65
 
 
-def test_unknown_scan_raises():
+@pytest.mark.parametrize("scan", ["parallel", "chunked", "batched"])
+def test_unknown_scan_raises(scan):
     with pytest.raises(ValueError):
-        make("mamba", scan="parallel")
+        make("mamba", scan=scan)
