@@ -337,12 +337,13 @@ class Model:
             p[m + "out_proj.weight"] = cast(uniform(1 / math.sqrt(E), C, E) / math.sqrt(L))
         p["norm_f.weight"] = cast(numpy.ones(C))
         self.params = p
+        self._mixer_names = [[(k[len(f"layers.{l}.mixer."):], k) for k in p if k.startswith(f"layers.{l}.mixer.")]
+                             for l in range(L)]
 
     def _mixer_params(self, l):
         """Layer l's mixer parameters under their short names (in_proj.weight, A_log, ...),
         read from .params at each call, so that .params stays live."""
-        pre = f"layers.{l}.mixer."
-        return {k[len(pre):]: v for k, v in self.params.items() if k.startswith(pre)}
+        return {short: self.params[name] for short, name in self._mixer_names[l]}
 
     # ------------------------------------------------------------------ forward
     def forward(self, idx, train=False, x0=None):
