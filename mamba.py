@@ -164,9 +164,9 @@ def causal_conv_forward(x, w, b, xp):
 
 
 def causal_conv_backward(dy, cache, xp):
-    """-> dx, dw, db. Each tap is a product with x shifted s steps later in time, so its
-    adjoint shifts dy s steps EARLIER: y[t] += w_k x[t-s] sends dy[t] w_k to x[t-s], and
-    dw_k = sum over t, b of dy[t] x[t-s]. A tap that reaches before t = 0 everywhere gets 0."""
+    """-> dx, dw, db. Each tap multiplies x delayed by s steps, so its adjoint moves dy s
+    steps EARLIER: y[t] += w_k x[t-s] sends dy[t] w_k to x[t-s], and dw_k = sum over t and b
+    of dy[t] x[t-s]. A tap that reaches before t = 0 for every t gets dw_k = 0."""
     x, w = cache
     T, E, K = x.shape[0], x.shape[-1], w.shape[-1]
     dw = xp.zeros_like(w)
@@ -186,7 +186,7 @@ def causal_conv_backward(dy, cache, xp):
 #     y_t = sum_n C_t[n] h_t[n]                          (the D skip is added by the mixer)
 # One layout for the state, here and in step(): h_t is (B, N, E), the state axis before the
 # channels, so that the broadcasts (Delta_t A, Delta_t u_t B_t, dy_t C_t) run over contiguous
-# rows of E numbers rather than N = 16 (the reference loop is 1.5x faster so than in (B, E, N)).
+# rows of E numbers rather than N = 16 (the reference loop runs 1.5x faster than in (B, E, N)).
 #
 # The backward. Let G_t = dL/dh_t, everything that reaches h_t. Two things read h_t: y_t (which
 # sends back dy_t (x) C_t) and h_{t+1} = a_{t+1} h_t + ... (which sends back a_{t+1} G_{t+1}). So
