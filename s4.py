@@ -25,7 +25,7 @@ What it is
   time, with a fixed-size state of N/2 complex numbers per channel and layer.
 - Backward: the FFT convolution's adjoint is a correlation, evaluated with FFTs
   that reuse the forward's spectra; the kernel's adjoint goes through the complex
-  exponentials to C, log_dt, log_A_real and A_imag (MATH.md section 9).
+  exponentials to C, log_dt, log_A_real and A_imag (derived at s4d_kernel_backward).
 - Runs on NumPy or CuPy (the `xp` argument), in float32 (complex64 inside) or
   float64 (complex128 inside).
 
@@ -66,8 +66,8 @@ Activations outside the convolution are batch-major (B, L, H), so that the 1x1
 conv and the head are single (B*L, H) matmuls; the convolution itself works on
 (B, H, L), time last, as s4d.py does (and where the FFT runs along a contiguous axis).
 
-The math of every backward line is in MATH.md section 9 of this project's design
-notes; the tests check it by finite differences and against torch_ref/s4.py.
+Each backward's derivation sits next to it; the tests check every gradient by finite
+differences and against torch_ref/s4.py.
 """
 import math
 from dataclasses import dataclass
@@ -111,7 +111,9 @@ def layernorm_forward(x, w, b, xp, eps=1e-5):
 
 
 def layernorm_backward(dy, cache, w):
-    """dy (..., H) -> dx, dw, db. dx = rstd (dn - mean(dn) - n mean(dn n)), dn = dy w."""
+    """dy (..., H) -> dx, dw, db. With dn = dy w and n = (x - mean(x)) rstd: the mean
+    subtraction removes mean(dn), and rstd's own dependence on x (d rstd / dx_j =
+    -rstd^2 n_j / H) removes the part along n:  dx = rstd (dn - mean(dn) - n mean(dn n))."""
     n, rstd = cache
     dn = dy * w
     dx = rstd * (dn - dn.mean(-1, keepdims=True) - n * (dn * n).mean(-1, keepdims=True))
@@ -123,20 +125,22 @@ GELU_C = math.sqrt(2.0 / math.pi)
 
 
 def gelu_forward(x, xp):
-    """GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Returns y and t = tanh(.)."""
+    """GELU, tanh form: 0.5 x (1 + t), t = tanh(sqrt(2/pi) (x + 0.044715 x^3)) -> y, cache (x, t)."""
     t = xp.tanh(GELU_C * (x + 0.044715 * x * x * x))
-    return 0.5 * x * (1.0 + t), t
+    return 0.5 * x * (1.0 + t), (x, t)
 
 
-def gelu_backward(dy, x, t):
-    """dy -> dx with GELU' = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
+def gelu_backward(dy, cache):
+    """dy -> dx. Product rule on 0.5 x (1 + t), with tanh' = 1 - t^2 (no cosh: it overflows):
+    GELU' = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
+    x, t = cache
     return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3 * 0.044715 * x * x))
 
 
 def sigmoid(x, xp):
     """Logistic sigmoid as 0.5 (1 + tanh(x / 2)): the same function, cannot overflow
-    (tanh saturates), and 10x faster in NumPy than the exp(-|x|)/where form of MATH.md
-    section 4 (one vectorized tanh, no two-branch where)."""
+    (tanh saturates), and 10x faster in NumPy than the two-branch exp(-|x|)/where form
+    (one vectorized tanh)."""
     return 0.5 + 0.5 * xp.tanh(0.5 * x)
 
 
@@ -148,7 +152,8 @@ def glu_forward(z, xp):
 
 
 def glu_backward(dout, cache, xp):
-    """dout (..., H) -> dz (..., 2H) = [dout sig(g), dout a sig(g)(1 - sig(g))]."""
+    """dout (..., H) -> dz (..., 2H). out = a sig(g), and sig' = sig (1 - sig), so
+    dz = [da, dg] = [dout sig(g), dout a sig(g)(1 - sig(g))]."""
     a, sg = cache
     da = dout * sg
     return xp.concatenate([da, da * a * (1.0 - sg)], axis=-1)
@@ -207,10 +212,30 @@ def s4d_kernel_forward(log_dt, C, log_A_real, A_imag, L, xp):
 def s4d_kernel_backward(dK, kc, xp):
     """dK (H, L) -> d log_dt (H,), dC (H, N/2, 2), d log_A_real, d A_imag (H, N/2).
 
-    Convention (MATH.md section 9): with w_l = sum_n Cp_n exp(dtA_n l) and K = 2 Re w,
-    delta_q = sum_l dK_l dw_l/dq for every complex intermediate q, chained by plain
-    complex products (the maps are holomorphic); a real parameter r then gets
-    dL/dr = 2 Re(delta_r), and a complex p = a + ib gets (2 Re delta_p, -2 Im delta_p)."""
+    The complex-parameter gradient. K = 2 Re w with w_l = sum_n Cp_n exp(dtA_n l), and every
+    step from (C~, dt, A) to w is holomorphic (products, quotients, exp: no conjugates).
+    For any complex intermediate q let delta_q = sum_l dK_l dw_l/dq, the ordinary complex
+    derivative, chained through holomorphic steps by plain complex products. A change dq
+    changes the loss by
+        dL = sum_l dK_l 2 Re(dw_l/dq dq) = 2 Re(delta_q dq).
+    So a real parameter r (dr real) gets dL/dr = 2 Re(delta_r), and a complex one p = a + ib
+    (dp = da + i db) gets dL/da = 2 Re(delta_p), dL/db = 2 Re(i delta_p) = -2 Im(delta_p):
+    the real-part convention (in Wirtinger terms dL/da + i dL/db = 2 dL/d(conj p) =
+    2 conj(delta_p)), with K = 2 Re w supplying the factor 2.
+
+    The chain, from w back to the parameters (each line below, in the same order):
+        w_l = sum_n Cp exp(dtA l):  delta_Cp = V1 = sum_l dK_l exp(dtA l),
+                                    delta_dtA = Cp V2,  V2 = sum_l l dK_l exp(dtA l)
+        Cp = Ct (zeta - 1) / A, zeta = exp(dtA):
+                                    delta_Ct = delta_Cp (zeta - 1) / A
+                                    delta_dtA += delta_Cp Ct zeta / A       (zeta' = zeta)
+                                    delta_A = -delta_Cp Cp / A              (the 1/A)
+        dtA = dt A:                 delta_A += delta_dtA dt,  delta_dt = sum_n delta_dtA A
+        dt = exp(log_dt):           d log_dt = 2 Re(delta_dt) dt
+        A = -exp(log_A_real) + i A_imag:
+                                    d log_A_real = 2 Re(delta_A) Re(A)    (dA/dlog_A_real = Re A)
+                                    d A_imag = 2 Re(i delta_A) = -2 Im(delta_A)
+        Ct = C[..., 0] + i C[..., 1]:  dC = (2 Re delta_Ct, -2 Im delta_Ct)"""
     dt, A, Ct, zeta, Cp, Vand = kc["dt"], kc["A"], kc["Ct"], kc["zeta"], kc["Cp"], kc["Vand"]
     N2 = A.shape[1]
     # V1 = sum_l dK_l exp(dtA l), V2 = sum_l l dK_l exp(dtA l): one matmul against the cached Vand
@@ -235,12 +260,12 @@ def s4d_kernel_backward(dK, kc, xp):
 
 
 # ================================================ causal convolution, fast and slow
-def causal_conv_forward(u, K, xp):
-    """u (B, H, L), K (H, L) -> y (B, H, L), y_t = sum_{s<=t} K_{t-s} u_s, and the spectra.
+def fft_conv_forward(u, K, xp):
+    """u (B, H, L), K (H, L) -> y (B, H, L), y_t = sum_{s<=t} K_{t-s} u_s, and cache (U, Kf).
 
     Both are zero-padded to 2L before the real FFT, so the circular convolution
     of length 2L equals the linear one on the first L outputs: nothing from the
-    future wraps around into the past. Cached for backward: U and Kf.
+    future wraps around into the past. Cached for backward: the spectra U and Kf.
 
     Scaling: the big transforms (of u, and the inverse) are the unitary ones
     (norm="ortho", 1/sqrt(2L) each), the kernel's is the plain DFT, so the product
@@ -255,13 +280,21 @@ def causal_conv_forward(u, K, xp):
     return y.astype(u.dtype, copy=False), (U, Kf)
 
 
-def causal_conv_backward(dy, cache, xp):
-    """dy (B, H, L) -> du (B, H, L), dK (H, L). Derived in time, evaluated by FFT:
-        du_s = sum_{t>=s} K_{t-s} dy_t         (a correlation with K)
-        dK_j = sum_b sum_{t>=j} dy_t u_{t-j}    (a correlation with u)
-    A correlation is a product with the conjugate spectrum; the 2L padding again
-    keeps the indices from wrapping. Reuses U and Kf from forward (two FFTs saved);
-    the sum over b of dK happens in the frequency domain (one small inverse FFT).
+def fft_conv_backward(dy, cache, xp):
+    """dy (B, H, L) -> du (B, H, L), dK (H, L).
+
+    Derived in time, not by differentiating rfft/irfft (the adjoint of irfft is not rfft:
+    the half spectrum counts its interior bins twice). y_t = sum_{s<=t} K_{t-s} u_s is
+    linear in u and in K, so each gets dy pulled back through the same sum:
+        du_s = sum_{t>=s} K_{t-s} dy_t          a correlation: K flipped in time, so the
+                                                gradient flows from the future to the past
+        dK_j = sum_b sum_{t>=j} dy_t u_{t-j}     a correlation of dy with u
+    A correlation is a convolution with one sequence reversed, and reversing a real
+    sequence in time conjugates its DFT: corr(a, b) has spectrum conj(A) B. So
+        du = irfft(dY conj(Kf))[:L],   dK = sum_b irfft(dY conj(U))[:L],   dY = rfft(dy, 2L)
+    With the 2L padding the circular sums equal the linear ones on the first L outputs
+    (a lag t - s < 0 lands in K's zero half). U and Kf are the forward's (two FFTs saved);
+    the sum over b of dK happens in frequency space (one small inverse FFT).
     Scaling as in forward: dY and U each carry 1/sqrt(2L), so dK's inverse adds none."""
     U, Kf = cache
     L = dy.shape[-1]
@@ -271,19 +304,20 @@ def causal_conv_backward(dy, cache, xp):
     return du.astype(dy.dtype, copy=False), dK.astype(dy.dtype, copy=False)
 
 
-def causal_conv_direct(u, K):
-    """The slow clear O(L^2) version of causal_conv_forward, for the tests:
+def direct_conv_forward(u, K):
+    """The slow clear O(L^2) version of fft_conv_forward, for the tests:
     y_t = sum_j K_j u_{t-j}, one shifted product per lag j."""
     L = u.shape[-1]
     y = 0 * u
     for j in range(L):
         y[..., j:] += K[:, j:j + 1] * u[..., :L - j]
-    return y
+    return y, (u, K)
 
 
-def causal_conv_direct_backward(dy, u, K):
-    """The slow clear backward of causal_conv_direct, lag by lag: the line
+def direct_conv_backward(dy, cache):
+    """The slow clear backward of direct_conv_forward, lag by lag: the line
     y[..., j:] += K_j u[..., :L-j] sends dy[..., j:] K_j to u and sum(dy[..., j:] u[..., :L-j]) to K_j."""
+    u, K = cache
     L = u.shape[-1]
     du, dK = 0 * u, 0 * K
     for j in range(L):
@@ -349,7 +383,7 @@ class Model:
             u      the mixer's input, LN(x)                (B, L, H)
             kc     the kernel's small complex arrays (H, N/2) and Vand (H, N, L) real
             conv   U = rfft(u) (B, H, L+1) and Kf = rfft(K) (H, L+1), complex
-            y, t   the pre-GELU activation and its tanh     (B*L, H)
+            gelu   the pre-GELU activation y and its tanh   (B*L, H) each
             g      the GELU output, the 1x1 conv's input    (B*L, H)
             glu    the GLU's value half and sigmoid(gate)   (B*L, H) each"""
         xp, p, cfg = self.xp, self.params, self.cfg
@@ -364,14 +398,14 @@ class Model:
             u, ln = layernorm_forward(x, p[pre + "norm.weight"], p[pre + "norm.bias"], xp)
             # the SSM as a convolution: y = K * u + D u, time last    (B, H, L)
             K, kc = s4d_kernel_forward(*self._kernel_params(i), L, xp)
-            yc, conv = causal_conv_forward(xp.ascontiguousarray(u.transpose(0, 2, 1)), K, xp)
+            yc, conv = fft_conv_forward(xp.ascontiguousarray(u.transpose(0, 2, 1)), K, xp)
             y = (yc.transpose(0, 2, 1) + u * p[pre + "mixer.D"]).reshape(B * L, H)   # (B*L, H)
-            g, t = gelu_forward(y, xp)
+            g, gelu = gelu_forward(y, xp)
             # output_linear: Conv1d(H, 2H, 1) is a Linear over channels, then GLU   (B*L, 2H) -> (B*L, H)
             z = g @ p[pre + "mixer.output_linear.0.weight"][:, :, 0].T + p[pre + "mixer.output_linear.0.bias"]
             out, glu = glu_forward(z, xp)
             x = x + out.reshape(B, L, H)                             # the residual
-            cache["layers"].append(dict(ln=ln, u=u, kc=kc, conv=conv, y=y, t=t, g=g, glu=glu))
+            cache["layers"].append(dict(ln=ln, u=u, kc=kc, conv=conv, gelu=gelu, g=g, glu=glu))
         # final LayerNorm and the head
         hf, cache["ln_f"] = layernorm_forward(x, p["norm_f.weight"], p["norm_f.bias"], xp)
         cache["h"] = hf.reshape(B * L, H)
@@ -404,13 +438,13 @@ class Model:
             grads[pre + "mixer.output_linear.0.weight"] = (dz.T @ c["g"])[:, :, None]   # (2H, H, 1)
             grads[pre + "mixer.output_linear.0.bias"] = dz.sum(0)
             # g = GELU(y)
-            dy = gelu_backward(dz @ W_o, c["y"], c["t"]).reshape(B, L, H)
+            dy = gelu_backward(dz @ W_o, c["gelu"]).reshape(B, L, H)
             # y = K * u + D u: the D skip ...
             u = c["u"]
             grads[pre + "mixer.D"] = (dy * u).reshape(B * L, H).sum(0)
             du = dy * p[pre + "mixer.D"]                                         # (B, L, H)
             # ... and the convolution (time last), then the kernel
-            duc, dK = causal_conv_backward(xp.ascontiguousarray(dy.transpose(0, 2, 1)), c["conv"], xp)
+            duc, dK = fft_conv_backward(xp.ascontiguousarray(dy.transpose(0, 2, 1)), c["conv"], xp)
             du += duc.transpose(0, 2, 1)                                         # u has two consumers
             (grads[pre + "mixer.kernel.log_dt"], grads[pre + "mixer.kernel.C"],
              grads[pre + "mixer.kernel.log_A_real"], grads[pre + "mixer.kernel.A_imag"]) = \

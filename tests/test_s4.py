@@ -47,14 +47,14 @@ def test_fft_convolution_matches_direct_convolution():
     rng = numpy.random.default_rng(0)
     B, H, L = 3, 4, 37
     u, K, dy = rng.standard_normal((B, H, L)), rng.standard_normal((H, L)), rng.standard_normal((B, H, L))
-    y, cache = s4.causal_conv_forward(u, K, numpy)
-    y_slow = s4.causal_conv_direct(u, K)
+    y, cache = s4.fft_conv_forward(u, K, numpy)
+    y_slow, slow_cache = s4.direct_conv_forward(u, K)
     assert rel_err(y, y_slow) < 1e-13
     # one more, fully explicit: y_t = sum_{s<=t} K_{t-s} u_s
     t = 20
     assert abs(y[1, 2, t] - sum(K[2, t - s] * u[1, 2, s] for s in range(t + 1))) < 1e-12
-    du, dK = s4.causal_conv_backward(dy, cache, numpy)
-    du_slow, dK_slow = s4.causal_conv_direct_backward(dy, u, K)
+    du, dK = s4.fft_conv_backward(dy, cache, numpy)
+    du_slow, dK_slow = s4.direct_conv_backward(dy, slow_cache)
     assert rel_err(du, du_slow) < 1e-13 and rel_err(dK, dK_slow) < 1e-13
     # the convolution is bilinear: <dy, conv(u, K)> = <du, u> = <dK, K> (checks the slow backward itself)
     inner = (dy * y_slow).sum()
@@ -73,8 +73,8 @@ def test_no_wrap_around_at_long_length():
     u = rng.standard_normal((2, 4, L))
     v = u.copy()
     v[..., t:] = rng.standard_normal((2, 4, L - t))
-    y, _ = s4.causal_conv_forward(u, K, numpy)
-    y2, _ = s4.causal_conv_forward(v, K, numpy)
+    y, _ = s4.fft_conv_forward(u, K, numpy)
+    y2, _ = s4.fft_conv_forward(v, K, numpy)
     scale = numpy.abs(y).max()
     assert numpy.abs(y2[..., :t] - y[..., :t]).max() <= 1e-12 * scale
     assert numpy.abs(y2[..., t:] - y[..., t:]).max() > 1e-3 * scale
