@@ -6,7 +6,7 @@ math) in pre-LayerNorm residual blocks:
 
 Departures from s4d.py, all shared with s4.py: GELU is nn.GELU(approximate="tanh")
 (s4d.py: the erf nn.GELU()); no dropout; no per-parameter lr/weight-decay tags
-(train.py / torch_train.py decide weight decay by name). Plus a step() that runs
+(train.py / torch_ref.train decide weight decay by name). Plus a step() that runs
 the same SSM as a recurrence, for generation.
 """
 import math
