@@ -53,7 +53,7 @@ BAD = [
     (["--model", "transformer", "--config", "dropout=1.5"], ["dropout=1.5", "must be < 1"]),
     (["--model", "transformer", "--config", "dropout=nan"], ["dropout=nan", "finite"]),
     (["--model", "transformer", "--config", "n_head=3"], ["invalid transformer configuration"]),
-    (["--model", "mamba", "--config", "scan=fast"], ["invalid mamba configuration"]),
+    (["--model", "mamba", "--config", "scan=chunked"], ["invalid mamba configuration"]),
     (["--model", "s4", "--config", "d_state=7"], ["invalid s4 configuration"]),
     (["--model", "rnn", "--config", "d_model=1000000"], ["needs about", "GiB", "available"]),
     (["--model", "rnn", "--batch-size", "100000000"], ["needs about", "GiB"]),

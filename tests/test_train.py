@@ -227,7 +227,7 @@ BAD = [  # (arguments, words the one line must contain); every one ends with exi
     (["--model", "transformer", *T1, "--dropout", "nan"], ["--dropout", "finite"]),
     (["--model", "s4", *T1, "--dt-min", "-1"], ["--dt-min", "must be > 0"]),
     (["--model", "s4", *T1, "--d-state", "7"], ["invalid s4 configuration"]),
-    (["--model", "mamba", *T1, "--scan", "fast"], ["invalid mamba configuration"]),
+    (["--model", "mamba", *T1, "--scan", "chunked"], ["invalid mamba configuration"]),
     (["--model", "mamba", *T1, "--expand", "0"], ["--expand", "must be > 0"]),
     (["--resume", "nothing.npz"], ["does not exist"]),
     (["--resume", "folder"], ["is a folder"]),
