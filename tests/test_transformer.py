@@ -44,7 +44,11 @@ class FixedMasks:
     def backward(self, dlogits, cache):
         if self.drop_in_backward:            # the negative control: forget one mask in backward
             layer, key = self.drop_in_backward
-            cache["layers"][layer][key] = None
+            c = cache["layers"][layer]
+            if key == "keep_att":                # the attention weights' mask, in attention's cache
+                c["attn"]["keep"] = None
+            else:
+                c[key] = None
         return self.model.backward(dlogits, cache)
 
 
@@ -56,7 +60,7 @@ def test_gradients_with_dropout():
     idx = tokens(2, 6)
     # dropout is really on: the masks hold zeros, and the logits differ from eval mode
     logits, cache = wrapped.forward(idx)
-    assert (cache["keep0"] == 0).any() and (cache["layers"][0]["keep_att"] == 0).any()
+    assert (cache["keep0"] == 0).any() and (cache["layers"][0]["attn"]["keep"] == 0).any()
     assert numpy.abs(logits - model.forward(idx)[0]).max() > 1e-3
     failures = check_model(wrapped, idx)
     assert not failures, "\n".join(failures)
@@ -79,7 +83,7 @@ def test_dropout_is_inverted_and_only_in_training():
     assert numpy.array_equal(model.forward(idx)[0], plain.forward(idx)[0])   # train=False: no dropout
     assert model.rng.bit_generator.state == state                            # ... and no draws
     _, cache = model.forward(idx, train=True)
-    keep = cache["layers"][1]["keep_att"]
+    keep = cache["layers"][1]["attn"]["keep"]
     assert set(numpy.unique(keep)) == {0.0, 1 / 0.75}                        # inverted dropout
     assert abs((keep == 0).mean() - 0.25) < 0.02
     # float32 stays float32 through the masks, in forward and backward
@@ -158,7 +162,7 @@ def test_attention_matches_loop_over_heads(pos_emb):
     scale = max(1.0, numpy.abs(ref).max())
     assert numpy.abs(logits - ref).max() <= 1e-12 * scale
     for i, P in enumerate(Ps):
-        assert numpy.abs(cache["layers"][i]["P"] - P).max() <= 1e-12, f"layer {i} attention"
+        assert numpy.abs(cache["layers"][i]["attn"]["P"] - P).max() <= 1e-12, f"layer {i} attention"
 
 
 # --------------------------------------------------------- block_size and step
@@ -261,7 +265,7 @@ def test_standard_config_size_and_init():
     mod = load("transformer")
     model = mod.Model(mod.Config(), dtype=numpy.float64, seed=0)
     n = sum(v.size for v in model.params.values())
-    assert n == 818_048                                     # ~0.82M with vocab 65 (DESIGN)
+    assert n == 818_048                                     # ~0.82M with vocab 65
     assert "lm_head.weight" not in model.params             # the head is tied to wte
     p = model.params
     assert abs(p["transformer.wte.weight"].std() - 0.02) < 0.002
