@@ -127,15 +127,15 @@ def linear_backward(dy, cache):
 def row_mean_vector(x, xp):
     """(1/C, ..., 1/C) for rows of length C: x @ it is the mean of every row of x (N, C).
     Row means as a matrix-vector product (BLAS) rather than x.mean(-1), a NumPy reduction
-    along short rows: 0.014 against 0.065 ms for (2048, 128), LayerNorm forward 0.51 -> 0.36
-    ms and backward 0.85 -> 0.70 ms (measured, one thread)."""
+    along short rows: 0.014 against 0.065 ms for (2048, 128); LayerNorm forward 0.53 -> 0.38
+    ms and backward 0.91 -> 0.77 ms (measured, one thread)."""
     return xp.full(x.shape[-1], 1.0 / x.shape[-1], dtype=x.dtype)
 
 
 def layernorm_forward(x, w, b, xp):
     """LayerNorm over the last axis, biased variance, eps inside the sqrt (PyTorch's):
     x (N, C) -> y = n * w + b, n = (x - mu) * rstd, rstd = 1 / sqrt(var + eps).
-    Caches n and rstd (N, 1); x itself is not needed again."""
+    Caches n and rstd (N, 1) (and w, and the mean vector); x itself is not needed again."""
     mean = row_mean_vector(x, xp)
     n = x - (x @ mean)[:, None]                    # x - mu
     rstd = 1.0 / xp.sqrt((n * n) @ mean + LN_EPS)[:, None]
@@ -176,9 +176,10 @@ def gelu_forward(h, xp):
     The cache is the derivative g'(h) (see gelu_backward), evaluated here while h and t are
     in cache, so backward is one multiply."""
     g, dg_dh = xp.empty_like(h), xp.empty_like(h)
-    # cache blocking (row_blocks): the 13 passes over (B*T, 4C) below, block by block,
-    # took 2.9 ms against 5.3 ms for the plain passes over the whole array (g here and g'
-    # in backward), at the standard config, one thread
+    # Cache blocking (row_blocks): the 18 passes below, block by block over (B*T, 4C),
+    # took 2.9 ms, against 5.3 ms for g here plus g' in backward as plain passes over the
+    # whole array (standard config, one thread, measured). Generation is not slowed by the
+    # extra passes (bench.py, measured).
     for r in row_blocks(*h.shape, xp):
         x = h[r]
         x2 = x * x
@@ -223,9 +224,9 @@ def attention_forward(q, k, v, mask, keep, xp):
     # Applied to q (Tq x hs) rather than to S (Tq x Tk).
     # Layout trick: S is computed as (K Q^T)^T, a (Tq, Tk) view of a (Tk, Tq) array, so
     # the softmax's reductions over the keys run across rows in memory (elementwise over
-    # long contiguous rows) instead of along each short row: the row max 0.85 -> 0.25 ms,
-    # the broadcast subtract and divide 0.40 -> 0.15 ms each, attention forward 3.5 ->
-    # 2.85 ms per layer at the standard config (measured, one thread). The math is unchanged.
+    # long contiguous rows) instead of along each short row: the row max 0.85 -> 0.25 ms;
+    # attention forward 4.1 -> 3.6 ms per layer at the standard config (measured, one
+    # thread). The math is unchanged.
     S = (k @ (q * (1.0 / math.sqrt(q.shape[-1]))).swapaxes(-1, -2)).swapaxes(-1, -2)  # (B, nh, Tq, Tk)
     if mask is not None:
         S += mask                                  # -inf before the row max: exp gives exact zeros
