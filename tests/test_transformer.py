@@ -165,6 +165,22 @@ def test_attention_matches_loop_over_heads(pos_emb):
         assert numpy.abs(cache["layers"][i]["attn"]["P"] - P).max() <= 1e-12, f"layer {i} attention"
 
 
+def test_gelu_in_row_blocks_matches_the_formula():
+    """gelu_forward runs in row blocks (cache blocking); the tiny configs fit in one block,
+    so here an array of several blocks, the last one partial: g against the formula, and
+    the cached g'(h) against centered differences."""
+    mod = load("transformer")
+    h = 3 * numpy.random.default_rng(0).standard_normal((300, 512))
+    assert len(mod.row_blocks(*h.shape, numpy)) == 3
+
+    def gelu(x):
+        return 0.5 * x * (1 + numpy.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    g, dg_dh = mod.gelu_forward(h, numpy)
+    assert numpy.abs(g - gelu(h)).max() <= 1e-14
+    eps = 1e-6
+    assert numpy.abs(dg_dh - (gelu(h + eps) - gelu(h - eps)) / (2 * eps)).max() <= 1e-8
+
+
 # --------------------------------------------------------- block_size and step
 def test_forward_longer_than_block_size_raises():
     model = make("transformer")
