@@ -7,7 +7,9 @@
   pos_emb="none" (no wpe, no limit);
 - forward with T > block_size raises ValueError;
 - dropout's rng: model.rng drives the masks, and restoring its state repeats them;
-- nanoGPT's init and the standard config's size.
+- nanoGPT's init and the standard config's size;
+- mlp=False, the attention-only transformer: no ln_2 or MLP parameters, gradients,
+  step == forward, and equality with the PyTorch reference.
 """
 import math
 
@@ -42,7 +44,11 @@ class FixedMasks:
     def backward(self, dlogits, cache):
         if self.drop_in_backward:            # the negative control: forget one mask in backward
             layer, key = self.drop_in_backward
-            cache["layers"][layer][key] = None
+            c = cache["layers"][layer]
+            if key == "keep_att":                # the attention weights' mask, in attention's cache
+                c["attn"]["keep"] = None
+            else:
+                c[key] = None
         return self.model.backward(dlogits, cache)
 
 
@@ -54,7 +60,7 @@ def test_gradients_with_dropout():
     idx = tokens(2, 6)
     # dropout is really on: the masks hold zeros, and the logits differ from eval mode
     logits, cache = wrapped.forward(idx)
-    assert (cache["keep0"] == 0).any() and (cache["layers"][0]["keep_att"] == 0).any()
+    assert (cache["keep0"] == 0).any() and (cache["layers"][0]["attn"]["keep"] == 0).any()
     assert numpy.abs(logits - model.forward(idx)[0]).max() > 1e-3
     failures = check_model(wrapped, idx)
     assert not failures, "\n".join(failures)
@@ -77,7 +83,7 @@ def test_dropout_is_inverted_and_only_in_training():
     assert numpy.array_equal(model.forward(idx)[0], plain.forward(idx)[0])   # train=False: no dropout
     assert model.rng.bit_generator.state == state                            # ... and no draws
     _, cache = model.forward(idx, train=True)
-    keep = cache["layers"][1]["keep_att"]
+    keep = cache["layers"][1]["attn"]["keep"]
     assert set(numpy.unique(keep)) == {0.0, 1 / 0.75}                        # inverted dropout
     assert abs((keep == 0).mean() - 0.25) < 0.02
     # float32 stays float32 through the masks, in forward and backward
@@ -156,7 +162,23 @@ def test_attention_matches_loop_over_heads(pos_emb):
     scale = max(1.0, numpy.abs(ref).max())
     assert numpy.abs(logits - ref).max() <= 1e-12 * scale
     for i, P in enumerate(Ps):
-        assert numpy.abs(cache["layers"][i]["P"] - P).max() <= 1e-12, f"layer {i} attention"
+        assert numpy.abs(cache["layers"][i]["attn"]["P"] - P).max() <= 1e-12, f"layer {i} attention"
+
+
+def test_gelu_in_row_blocks_matches_the_formula():
+    """gelu_forward runs in row blocks (cache blocking); the tiny configs fit in one block,
+    so here an array of several blocks, the last one partial: g against the formula, and
+    the cached g'(h) against centered differences."""
+    mod = load("transformer")
+    h = 3 * numpy.random.default_rng(0).standard_normal((300, 512))
+    assert len(mod.row_blocks(*h.shape, numpy)) == 3
+
+    def gelu(x):
+        return 0.5 * x * (1 + numpy.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    g, dg_dh = mod.gelu_forward(h, numpy)
+    assert numpy.abs(g - gelu(h)).max() <= 1e-14
+    eps = 1e-6
+    assert numpy.abs(dg_dh - (gelu(h + eps) - gelu(h - eps)) / (2 * eps)).max() <= 1e-8
 
 
 # --------------------------------------------------------- block_size and step
@@ -222,12 +244,44 @@ def test_pos_emb_none_sees_no_position():
         assert (spread > 1e-6) == differs, (pos_emb, spread)
 
 
+# ------------------------------------------------- mlp=False: attention-only blocks
+ATTN_ONLY = {"attn-only": dict(mlp=False),
+             "attn-only, pos_emb none": dict(mlp=False, pos_emb="none"),
+             "attn-only, dropout": dict(mlp=False, dropout=0.3)}
+
+
+@pytest.mark.parametrize("overrides", ATTN_ONLY.values(), ids=ATTN_ONLY.keys())
+def test_attention_only_gradients(overrides):
+    model = make("transformer", **overrides)
+    assert not any(".ln_2." in k or ".mlp." in k for k in model.params)
+    n = sum(v.size for v in model.params.values())
+    full = sum(v.size for v in make("transformer", **{**overrides, "mlp": True}).params.values())
+    C = model.cfg.d_model
+    assert full - n == model.cfg.n_layer * (2 * C + 4 * C * C + 4 * C + 4 * C * C + C)
+    perturb(model)
+    failures = check_model(FixedMasks(model) if model.cfg.dropout else model, tokens(2, 6))
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("overrides", ATTN_ONLY.values(), ids=ATTN_ONLY.keys())
+def test_attention_only_step_equals_forward(overrides):
+    model = make("transformer", **overrides)
+    perturb(model)
+    idx = tokens(2, 11)
+    logits = model.forward(idx)[0]
+    state = model.init_state(2)
+    for t in range(idx.shape[1]):
+        out, state = model.step(idx[:, t], state)
+        err = numpy.abs(out - logits[:, t]).max()
+        assert err <= 1e-10 * max(1.0, numpy.abs(logits).max()), f"t={t}: {err:.3g}"
+
+
 # ------------------------------------------------------------- init and size
 def test_standard_config_size_and_init():
     mod = load("transformer")
     model = mod.Model(mod.Config(), dtype=numpy.float64, seed=0)
     n = sum(v.size for v in model.params.values())
-    assert n == 818_048                                     # ~0.82M with vocab 65 (DESIGN)
+    assert n == 818_048                                     # ~0.82M with vocab 65
     assert "lm_head.weight" not in model.params             # the head is tied to wte
     p = model.params
     assert abs(p["transformer.wte.weight"].std() - 0.02) < 0.002
@@ -238,11 +292,12 @@ def test_standard_config_size_and_init():
 
 
 # --------------------------------------------- PyTorch, the cases test_torch.py leaves out
-def test_pytorch_pos_emb_none_and_step_past_block_size():
+@pytest.mark.parametrize("mlp", [True, False], ids=["mlp", "attn-only"])
+def test_pytorch_pos_emb_none_and_step_past_block_size(mlp):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     import torch_ref
     for pos_emb in ["learned", "none"]:
-        model = make("transformer", pos_emb=pos_emb)
+        model = make("transformer", pos_emb=pos_emb, mlp=mlp)
         perturb(model)
         ref = torch_ref.build("transformer", model.cfg, model.params)
         idx = tokens(2, 12)
