@@ -39,14 +39,16 @@ What it is not
 - Not the gate order of char-rnn or Karpathy's LSTM gist (i, f, o, g).
 
 Initialization: PyTorch's defaults (every LSTM weight and bias U(+-1/sqrt(H))),
-except the forget gate's bias: b_ih_f = 1 and b_hh_f = 0, so the forget gate's
-total bias is 1 and f starts near sigma(1) = 0.73 instead of 0.5 ("forget bias 1":
-Gers et al. 2000 recommend a positive initial forget bias; Jozefowicz, Zaremba &
-Sutskever 2015, section 2.1, found that +1 closes the gap to the GRU; char-rnn's
-train.lua and Keras' unit_forget_bias do the same). At the start of training the
-cell then keeps most of itself, and the gradient along c shrinks by ~0.73 per
-step instead of ~0.5. PyTorch itself does not do this; the reference test loads
-our arrays, so it is unaffected.
+except the forget gate's bias, chosen by Config.forget_bias:
+- forget_bias = 1.0: b_ih_f = 1 and b_hh_f = 0, so the forget gate's total bias is
+  1 and f starts near sigma(1) = 0.73 instead of 0.5 ("forget bias 1": Gers et al.
+  2000 recommend a positive initial forget bias; Jozefowicz, Zaremba & Sutskever
+  2015, section 2.1, found that +1 closes the gap to the GRU; char-rnn's train.lua
+  and Keras' unit_forget_bias do the same). Any other nonzero value v sets
+  b_ih_f = v, b_hh_f = 0 the same way.
+- forget_bias = 0.0: PyTorch's draw is left as it is, so the init is exactly
+  torch.nn.LSTM's (whose total forget bias is then within +-2/sqrt(H), about 0).
+The random draws are the same either way: only the overwrite differs.
 
 Shapes (B batch, T time, C = H = d_model, V vocab)
     idx      (B, T) int         token ids
@@ -75,6 +77,7 @@ class Config:
     vocab_size: int = 65  # number of distinct characters; train.py sets it from the corpus
     d_model: int = 256    # hidden size H (= embedding size C); the state is (h, c), 2H per layer
     n_layer: int = 2      # stacked LSTM layers
+    forget_bias: float = 1.0  # initial b_ih_f (b_hh_f = 0); 0.0 keeps PyTorch's U(+-1/sqrt(H)) draw
 
 
 def check_idx(idx, vocab_size, ndim, xp):
@@ -127,9 +130,9 @@ class Model:
             p[f"lstm.weight_hh_l{l}"] = uniform(k, 4 * H, H)
             p[f"lstm.bias_ih_l{l}"] = uniform(k, 4 * H)
             p[f"lstm.bias_hh_l{l}"] = uniform(k, 4 * H)
-            # forget bias 1 (see the module docstring): b_ih_f + b_hh_f = 1
-            p[f"lstm.bias_ih_l{l}"][H:2 * H] = 1
-            p[f"lstm.bias_hh_l{l}"][H:2 * H] = 0
+            if cfg.forget_bias != 0:  # the forget gate's total bias = forget_bias (module docstring)
+                p[f"lstm.bias_ih_l{l}"][H:2 * H] = cfg.forget_bias
+                p[f"lstm.bias_hh_l{l}"][H:2 * H] = 0
         p["lm_head.weight"] = uniform(k, V, H)
         p["lm_head.bias"] = uniform(k, V)
         self.params = p

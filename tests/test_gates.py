@@ -103,14 +103,27 @@ def test_gate_activations_are_stable(dtype):
     assert numpy.abs(g - numpy.tanh(x)).max() <= tol
 
 
-def test_lstm_forget_bias_is_one():
-    """lstm.py's one departure from PyTorch's init: b_ih_f + b_hh_f = 1 (module docstring)."""
-    model = make("lstm")
+@pytest.mark.parametrize("forget_bias", [1.0, 2.5, 0.0])
+def test_lstm_forget_bias(forget_bias):
+    """Config.forget_bias v != 0 sets b_ih_f = v, b_hh_f = 0; v = 0 keeps PyTorch's draw.
+    Only the forget block differs between the inits: every other array is the same draw."""
+    model = make("lstm", forget_bias=forget_bias)
+    plain = make("lstm", forget_bias=0.0)
     H = model.cfg.d_model
     for l in range(model.cfg.n_layer):
-        total = model.params[f"lstm.bias_ih_l{l}"] + model.params[f"lstm.bias_hh_l{l}"]
-        numpy.testing.assert_array_equal(total[H:2 * H], 1.0)
-        assert numpy.abs(total[:H]).max() < 2 / numpy.sqrt(H)          # the others: PyTorch's U(+-1/sqrt(H)) twice
+        b_ih, b_hh = model.params[f"lstm.bias_ih_l{l}"], model.params[f"lstm.bias_hh_l{l}"]
+        if forget_bias:
+            numpy.testing.assert_array_equal(b_ih[H:2 * H], forget_bias)
+            numpy.testing.assert_array_equal(b_hh[H:2 * H], 0.0)
+        else:
+            assert numpy.abs(b_ih[H:2 * H]).max() < 1 / numpy.sqrt(H)   # PyTorch's U(+-1/sqrt(H))
+            assert numpy.abs(b_hh[H:2 * H]).max() < 1 / numpy.sqrt(H)
+            assert numpy.abs(b_ih[H:2 * H]).min() > 0                    # drawn, not zeroed
+        for b, b0 in ((b_ih, plain.params[f"lstm.bias_ih_l{l}"]), (b_hh, plain.params[f"lstm.bias_hh_l{l}"])):
+            numpy.testing.assert_array_equal(numpy.delete(b, numpy.s_[H:2 * H]), numpy.delete(b0, numpy.s_[H:2 * H]))
+    for k in model.params:
+        if "bias" not in k:
+            numpy.testing.assert_array_equal(model.params[k], plain.params[k])
 
 
 def test_gru_update_gate_keeps_the_old_state():
