@@ -141,20 +141,17 @@ def gru_backward(dHs, cache, xp):
     x, R, Z, N, GHn, Hs, W_ih, W_hh = cache
     T, B, H = Hs.shape
     H_prev = xp.concatenate([xp.zeros_like(Hs[:1]), Hs[:-1]])         # h_{t-1}, h_{-1} = 0
-    # The factors that multiply dh do not depend on the carried gradient: all t at once.
-    Kn = (1 - Z) * (1 - N * N)                     # dn_pre = dh * Kn
-    Kr = Kn * GHn * R * (1 - R)                    # dr_pre = dh * Kr
-    Kz = (H_prev - N) * Z * (1 - Z)                # dz_pre = dh * Kz
     dGH = xp.empty((T, B, 3 * H), Hs.dtype)        # dL/d(gh_t), the hidden side
     dN = xp.empty((T, B, H), Hs.dtype)             # dn_pre, the input side's n block
     dh = xp.zeros((B, H), Hs.dtype)
     for t in reversed(range(T)):
-        dh = dh + dHs[t]                           # dh_t = dHs[t] + what step t+1 sent back
-        dGH[t, :, :H] = dh * Kr[t]                 # dr_pre
-        dGH[t, :, H:2 * H] = dh * Kz[t]            # dz_pre
-        dN[t] = dh * Kn[t]                         # dn_pre
-        dGH[t, :, 2 * H:] = dN[t] * R[t]           # d(gh_n) = dn_pre * r
-        dh = dh * Z[t] + dGH[t] @ W_hh             # dh_{t-1}: through z * h_{t-1}, and through gh
+        r, z, n = R[t], Z[t], N[t]
+        dh = dh + dHs[t]                                       # dh_t = dHs[t] + what step t+1 sent back
+        dN[t] = dh * (1 - z) * (1 - n * n)                     # dn_pre = dn * tanh', dn = dh * (1 - z)
+        dGH[t, :, :H] = dN[t] * GHn[t] * r * (1 - r)           # dr_pre = dr * sigma', dr = dn_pre * gh_n
+        dGH[t, :, H:2 * H] = dh * (H_prev[t] - n) * z * (1 - z)  # dz_pre = dz * sigma', dz = dh * (h_{t-1} - n)
+        dGH[t, :, 2 * H:] = dN[t] * r                          # d(gh_n) = dn_pre * r
+        dh = dh * z + dGH[t] @ W_hh                            # dh_{t-1}: through z * h_{t-1}, and through gh
     dGI = dGH.copy()                               # [dr_pre, dz_pre, dn_pre]: dGH but for the n block
     dGI[:, :, 2 * H:] = dN
     dGI2, dGH2 = dGI.reshape(T * B, 3 * H), dGH.reshape(T * B, 3 * H)

@@ -155,22 +155,18 @@ def lstm_backward(dHs, cache, xp):
     x, I, F, G, O, C, TC, Hs, W_ih, W_hh = cache
     T, B, H = Hs.shape
     C_prev = xp.concatenate([xp.zeros_like(C[:1]), C[:-1]])           # c_{t-1}, c_{-1} = 0
-    # The factors that multiply dc (blocks i, f, g), dh (block o) and dh into dc do not
-    # depend on the carried gradients: computed for all t at once, outside the loop.
-    Ki, Kf, Kg = G * I * (1 - I), C_prev * F * (1 - F), I * (1 - G * G)
-    Ko = TC * O * (1 - O)
-    Kc = O * (1 - TC * TC)
     dA = xp.empty((T, B, 4 * H), Hs.dtype)                             # da_t, all t
     dh = xp.zeros((B, H), Hs.dtype)
     dc = xp.zeros((B, H), Hs.dtype)
     for t in reversed(range(T)):
+        i, f, g, o, tc = I[t], F[t], G[t], O[t], TC[t]
         dh = dh + dHs[t]                                  # dh_t = dHs[t] + da_{t+1} W_hh
-        dc = dc + dh * Kc[t]                              # dc_t = dc_{t+1} f_{t+1} + dh_t o (1 - tanh^2 c_t)
-        dA[t, :, :H] = dc * Ki[t]                         # da_i
-        dA[t, :, H:2 * H] = dc * Kf[t]                    # da_f
-        dA[t, :, 2 * H:3 * H] = dc * Kg[t]                # da_g
-        dA[t, :, 3 * H:] = dh * Ko[t]                     # da_o
-        dc = dc * F[t]                                    # the c_{t-1} part of dc_{t-1}
+        dc = dc + dh * o * (1 - tc * tc)                  # dc_t = dc_{t+1} f_{t+1} + dh_t o (1 - tanh^2 c_t)
+        dA[t, :, :H] = dc * g * i * (1 - i)               # da_i = di * sigma'(a_i), di = dc * g
+        dA[t, :, H:2 * H] = dc * C_prev[t] * f * (1 - f)  # da_f = df * sigma'(a_f), df = dc * c_{t-1}
+        dA[t, :, 2 * H:3 * H] = dc * i * (1 - g * g)      # da_g = dg * tanh'(a_g), dg = dc * i
+        dA[t, :, 3 * H:] = dh * tc * o * (1 - o)          # da_o = do * sigma'(a_o), do = dh * tanh(c_t)
+        dc = dc * f                                       # the c_{t-1} part of dc_{t-1}
         dh = dA[t] @ W_hh                                 # the h_{t-1} part of dh_{t-1}
     dA2 = dA.reshape(T * B, 4 * H)
     dW_ih = dA2.T @ x.reshape(T * B, -1)                                # (4H, C)
