@@ -110,7 +110,7 @@ def gru_forward(x, W_ih, W_hh, b_ih, b_hh, xp):
         Z[t] = sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H], xp)  # z = sigma(gi_z + gh_z)
         GHn[t] = gh[:, 2 * H:]
         N[t] = xp.tanh(gi[:, 2 * H:] + R[t] * GHn[t])      # n = tanh(gi_n + r * gh_n)
-        Hs[t] = N[t] + Z[t] * (h - N[t])                   # h_t = (1 - z) * n + z * h_{t-1}
+        Hs[t] = N[t] + Z[t] * (h - N[t])                   # h_t = (1 - z) * n + z * h_{t-1}, as n + z (h_{t-1} - n)
         h = Hs[t]
     cache = (x, R, Z, N, GHn, Hs, W_ih, W_hh)    # what BPTT needs: the input, the gates, gh_n and h
     return Hs, cache
