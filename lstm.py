@@ -40,16 +40,19 @@ What it is not
 - Not the gate order of char-rnn or Karpathy's LSTM gist (i, f, o, g).
 
 Initialization: PyTorch's defaults (every LSTM weight and bias U(+-1/sqrt(H))),
-except the forget gate's bias, chosen by Config.forget_bias:
-- forget_bias = 1.0: b_ih_f = 1 and b_hh_f = 0, so the forget gate's total bias is
-  1 and f starts near sigma(1) = 0.73 instead of 0.5 ("forget bias 1": Gers et al.
-  2000 recommend a positive initial forget bias; Jozefowicz, Zaremba & Sutskever
-  2015, section 2.1, found that +1 closes the gap to the GRU; char-rnn's train.lua
-  and Keras' unit_forget_bias do the same). Any other nonzero value v sets
-  b_ih_f = v, b_hh_f = 0 the same way.
-- forget_bias = 0.0: PyTorch's draw is left as it is, so the init is exactly
-  torch.nn.LSTM's (whose total forget bias is then within +-2/sqrt(H), about 0).
-The random draws are the same either way: only the overwrite differs.
+with the forget gate's bias chosen by Config.forget_bias:
+- forget_bias = 0.0 (the default): PyTorch's draw is left as it is, so the init is
+  exactly torch.nn.LSTM's (the forget gate's total bias is within +-2/sqrt(H),
+  about 0, and f starts near 0.5).
+- forget_bias = v != 0: b_ih_f = v and b_hh_f = 0, so the total is v. With 1.0,
+  f starts near sigma(1) = 0.73 ("forget bias 1": Gers et al. 2000 recommend a
+  positive initial forget bias; Jozefowicz, Zaremba & Sutskever 2015, section
+  2.1, found that +1 closes the gap to the GRU; char-rnn's train.lua and Keras'
+  unit_forget_bias do the same).
+The random draws are the same either way: only the overwrite differs. On the
+standard recipe (tiny shakespeare, 2000 iterations, float32) PyTorch's init ended
+at val loss 1.6148 and 1.6305 (seeds 1337, 1338), forget bias 1 at 1.6890 and
+1.7001: here the plain init is better by 0.07 nats, so it is the default.
 
 Shapes (B batch, T time, C = H = d_model, V vocab)
     idx      (B, T) int         token ids
@@ -75,7 +78,7 @@ class Config:
     vocab_size: int = 65  # number of distinct characters; train.py sets it from the corpus
     d_model: int = 256    # hidden size H (= embedding size C); the state is (h, c), 2H per layer
     n_layer: int = 2      # stacked LSTM layers
-    forget_bias: float = 1.0  # initial b_ih_f (b_hh_f = 0); 0.0 keeps PyTorch's U(+-1/sqrt(H)) draw
+    forget_bias: float = 0.0  # 0.0: PyTorch's U(+-1/sqrt(H)) draw; v != 0: b_ih_f = v, b_hh_f = 0
 
 
 def check_idx(idx, vocab_size, ndim, xp):
