@@ -8,8 +8,8 @@
 - The two bias vectors. For the LSTM, b_ih and b_hh enter the same sum, so their
   gradients are equal. For PyTorch's GRU, b_hn sits inside r * (W_hn h + b_hn) and
   b_in outside it: their n-block gradients differ, the r and z blocks are equal.
-- The stable gate activations, the LSTM's forget-bias init, the GRU's interpolation
-  direction, and the standard configs' parameter counts (DESIGN.md).
+- The stable sigmoid, the LSTM's forget-bias init, the GRU's interpolation
+  direction, and the standard configs' parameter counts.
 """
 import warnings
 
@@ -80,37 +80,44 @@ def test_bias_gradients(name):
             assert gap > 1e-3 * numpy.abs(d_ih[2 * H:]).max(), "b_in and b_hn got the same gradient"
 
 
+@pytest.mark.parametrize("name", GATED)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_gate_activations_are_stable(dtype):
-    """sigma(x) = 0.5 tanh(x/2) + 0.5 and the fused LSTM block: no overflow warnings at
-    huge |x|, outputs in [0, 1] (g in [-1, 1]), and equal to the textbook sigma and tanh."""
-    lstm, gru = load("lstm"), load("gru")
+def test_sigmoid_is_stable(name, dtype):
+    """sigmoid(x, xp) = 0.5 tanh(x/2) + 0.5: no overflow warnings at huge |x|, outputs in
+    [0, 1], the input's dtype, and equal to the textbook sigma."""
+    mod = load(name)
     x = numpy.array([-1e4, -700.0, -40.0, -3.0, -1e-3, 0.0, 1e-3, 3.0, 40.0, 700.0, 1e4], dtype)
-    e = numpy.exp(-numpy.abs(x.astype(float)))                   # MATH.md section 4's branch form, float64
-    exact = numpy.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    e = numpy.exp(-numpy.abs(x.astype(float)))                   # the branch form, in float64:
+    exact = numpy.where(x >= 0, 1 / (1 + e), e / (1 + e))        # 1/(1+e^-x) and e^x/(1+e^x)
     tol = 4 * numpy.finfo(dtype).eps                              # absolute: a gate multiplies O(1) values
     with warnings.catch_warnings():
         warnings.simplefilter("error")                      # an overflow in exp would raise here
-        s = gru.sigmoid_(x.copy(), numpy)
-        m = lstm.Model(lstm.Config(vocab_size=3, d_model=len(x)), dtype=getattr(numpy, dtype))
-        a = numpy.tile(x, 4)                                # blocks i, f, g, o all get x
-        lstm.gate_activations(a, m.gate_scale, m.gate_shift, numpy)
-    assert s.dtype == numpy.dtype(dtype) and a.dtype == numpy.dtype(dtype)
+        s = mod.sigmoid(x, numpy)
+    assert s.dtype == numpy.dtype(dtype)
     assert numpy.abs(s - exact).max() <= tol and s.min() >= 0 and s.max() <= 1
-    i, f, g, o = a.reshape(4, -1)
-    for gate in (i, f, o):
-        assert numpy.abs(gate - exact).max() <= tol
-    assert numpy.abs(g - numpy.tanh(x)).max() <= tol
 
 
-def test_lstm_forget_bias_is_one():
-    """lstm.py's one departure from PyTorch's init: b_ih_f + b_hh_f = 1 (module docstring)."""
-    model = make("lstm")
+@pytest.mark.parametrize("forget_bias", [1.0, 2.5, 0.0])
+def test_lstm_forget_bias(forget_bias):
+    """Config.forget_bias v != 0 sets b_ih_f = v, b_hh_f = 0; v = 0 keeps PyTorch's draw.
+    Only the forget block differs between the inits: every other array is the same draw."""
+    model = make("lstm", forget_bias=forget_bias)
+    plain = make("lstm", forget_bias=0.0)
     H = model.cfg.d_model
     for l in range(model.cfg.n_layer):
-        total = model.params[f"lstm.bias_ih_l{l}"] + model.params[f"lstm.bias_hh_l{l}"]
-        numpy.testing.assert_array_equal(total[H:2 * H], 1.0)
-        assert numpy.abs(total[:H]).max() < 2 / numpy.sqrt(H)          # the others: PyTorch's U(+-1/sqrt(H)) twice
+        b_ih, b_hh = model.params[f"lstm.bias_ih_l{l}"], model.params[f"lstm.bias_hh_l{l}"]
+        if forget_bias:
+            numpy.testing.assert_array_equal(b_ih[H:2 * H], forget_bias)
+            numpy.testing.assert_array_equal(b_hh[H:2 * H], 0.0)
+        else:
+            assert numpy.abs(b_ih[H:2 * H]).max() < 1 / numpy.sqrt(H)   # PyTorch's U(+-1/sqrt(H))
+            assert numpy.abs(b_hh[H:2 * H]).max() < 1 / numpy.sqrt(H)
+            assert numpy.abs(b_ih[H:2 * H]).min() > 0                    # drawn, not zeroed
+        for b, b0 in ((b_ih, plain.params[f"lstm.bias_ih_l{l}"]), (b_hh, plain.params[f"lstm.bias_hh_l{l}"])):
+            numpy.testing.assert_array_equal(numpy.delete(b, numpy.s_[H:2 * H]), numpy.delete(b0, numpy.s_[H:2 * H]))
+    for k in model.params:
+        if "bias" not in k:
+            numpy.testing.assert_array_equal(model.params[k], plain.params[k])
 
 
 def test_gru_update_gate_keeps_the_old_state():
@@ -123,14 +130,14 @@ def test_gru_update_gate_keeps_the_old_state():
     model.params["gru.bias_hh_l0"][H:2 * H] = 1e4                     # z = sigma(huge) = 1
     rng = numpy.random.default_rng(0)
     logits, cache = model.forward(rng.integers(0, model.cfg.vocab_size, (2, 6)))
-    numpy.testing.assert_array_equal(cache["layers"][0][-1], 0.0)      # layer 0's h, all t
+    numpy.testing.assert_array_equal(cache["layers"][0][5], 0.0)      # layer 0's h, all t
     other = model.forward(rng.integers(0, model.cfg.vocab_size, (2, 6)))[0]
     numpy.testing.assert_array_equal(logits, other)
 
 
 @pytest.mark.parametrize("name, count", [("lstm", 1_086_017), ("gru", 822_849)])
 def test_standard_config_size(name, count):
-    """DESIGN.md's standard configs at vocab 65: lstm ~1.09M, gru ~0.82M parameters.
+    """The standard configs at vocab 65: lstm ~1.09M, gru ~0.82M parameters.
     Per layer 4H(C + H) + 8H (LSTM) or 3H(C + H) + 6H (GRU), plus embedding and head."""
     mod = load(name)
     model = mod.Model(mod.Config(), dtype=numpy.float32)
