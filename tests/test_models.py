@@ -1,4 +1,4 @@
-"""Tests every model in tests/models.py MODELS through DESIGN's protocol:
+"""Tests every model in tests/models.py MODELS through the models' shared protocol:
 gradients by finite differences, step == forward, causality, dtypes, input
 errors and standalone imports. With CuPy and a GPU the gradient and step tests
 run on the GPU as well; without them those cases skip with the reason."""
