@@ -33,7 +33,7 @@ import os
 import sys
 import time
 
-MODELS = ["rnn", "lstm", "gru", "s4", "mamba", "transformer"]
+MODELS = ["rnn", "lstm", "gru", "s4", "mamba", "transformer", "mamba2"]
 
 
 def parse_args(argv):

@@ -50,7 +50,7 @@ import zipfile
 
 import numpy
 
-MODELS = ["rnn", "lstm", "gru", "s4", "mamba", "transformer"]
+MODELS = ["rnn", "lstm", "gru", "s4", "mamba", "transformer", "mamba2"]
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -402,7 +402,7 @@ def config_fields(module):
 
 def build_parser(module=None):
     p = Parser(prog="train.py", description="Train a character-level sequence model (rnn, lstm, gru, s4, "
-               "mamba, transformer) with a hand-written backward pass.",
+               "mamba, transformer, mamba2) with a hand-written backward pass.",
                epilog="Every field of the model's Config is a flag too: run with --model NAME --help to "
                "list them. Defaults are DESIGN.md's standard recipe.")
     a = p.add_argument
