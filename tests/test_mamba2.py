@@ -180,3 +180,24 @@ def test_bad_config_raises():
         make("mamba2", headdim=5)                              # d_inner 16 is not a multiple of 5
     with pytest.raises(ValueError):
         make("mamba2", chunk_size=0)
+
+
+def test_float32_matches_pytorch_float32():
+    """float32 on both sides (the training dtype): logits and every gradient within 1e-4 of
+    the largest entry, the float32 tolerance the other checks use. Skips without PyTorch."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (optional)")
+    import torch_ref
+    model = make("mamba2", dtype="float32")
+    perturb(model)
+    rng = numpy.random.default_rng(0)
+    B, T, V = 2, 11, TINY["mamba2"]["vocab_size"]
+    idx, R = rng.integers(0, V, (B, T)), rng.standard_normal((B, T, V)).astype(numpy.float32)
+    ref = torch_ref.build("mamba2", model.cfg, model.params, dtype=torch.float32)
+    ours = run(model, idx, R)
+    logits = ref(torch.from_numpy(idx))
+    (logits * torch.from_numpy(R)).sum().backward()
+    theirs = {"logits": logits.detach().numpy(), **{k: p.grad.numpy() for k, p in ref.named_parameters()}}
+    for k, r in theirs.items():
+        assert ours[k].dtype == numpy.float32, k
+        err = numpy.abs(ours[k] - r).max()
+        assert err <= 1e-4 * numpy.abs(r).max(), f"{k}: max |ours - torch| {err:.3g}, scale {numpy.abs(r).max():.3g}"
