@@ -7,7 +7,7 @@ model that is also an attention layer, with a hand-derived backward pass.
 What it is
 - Dao & Gu 2024, "Transformers are SSMs: Generalized Models and Efficient Algorithms
   Through Structured State Space Duality" (arXiv 2405.21060): the SSD layer (sections
-  3-6) inside the Mamba-2 block (section 7, Figure 6), with one group of B and C shared
+  3-6) inside the Mamba-2 block (section 7), with one group of B and C shared
   by all heads (ngroups = 1). Names and layouts are those of tommyip/mamba2-minimal's
   Mamba2LMHeadModel (mamba_ssm's Mamba2 block; mamba_ssm adds a "backbone." prefix),
   so a checkpoint's arrays load into it by name (torch_ref/mamba2.py is that module,
@@ -33,7 +33,8 @@ What it is
                     step() runs one step of it.
   ssd_quadratic     the attention form, the full (T, T) matrix M = L o (C B^T), then M Xbar:
                     T^2 work, no sequential steps.
-  ssd_chunked       what forward() uses (section 6): the quadratic form inside chunks of
+  ssd_chunked_forward / _backward
+                    what forward() uses (section 6): the quadratic form inside chunks of
                     Q = chunk_size positions, and the recurrence across chunks, carrying
                     one (H, P, N) state per chunk boundary: T Q work, T / Q sequential steps.
                     With Q >= T it IS the quadratic form (one chunk); with Q = 1 it is
