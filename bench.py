@@ -46,7 +46,7 @@ import os
 import sys
 import time
 
-MODELS = ["rnn", "lstm", "gru", "s4", "mamba", "transformer"]
+MODELS = ["rnn", "lstm", "gru", "s4", "mamba", "transformer", "mamba2"]
 
 
 # FLOPs of one training step, counted from the config. Each entry gives the

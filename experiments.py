@@ -54,7 +54,7 @@ import numpy
 
 import train
 
-MODELS = list(train.MODELS)          # rnn, lstm, gru, s4, mamba, transformer
+MODELS = list(train.MODELS)          # rnn, lstm, gru, s4, mamba, transformer, mamba2
 
 # The small configs: 2 layers each, widths chosen so that the parameters besides the
 # embedding and head are about the same (63-66K; printed at the start of each run).
@@ -65,6 +65,7 @@ SMALL = {
     "s4": dict(d_model=96, n_layer=2, d_state=64),
     "mamba": dict(d_model=64, n_layer=2, d_state=16, expand=2, d_conv=4),
     "transformer": dict(d_model=52, n_layer=2, n_head=2),
+    "mamba2": dict(d_model=64, n_layer=2, d_state=48, expand=2, d_conv=4, headdim=32),
 }
 # Parameters that are the embedding, the head or the positions (not counted as "body").
 EMBEDDING_NAMES = ("embedding.weight", "lm_head.weight", "lm_head.bias", "transformer.wte.weight",
@@ -72,7 +73,7 @@ EMBEDDING_NAMES = ("embedding.weight", "lm_head.weight", "lm_head.bias", "transf
 WEIGHT_DECAY, BETAS, GRAD_CLIP = 0.1, (0.9, 0.99), 1.0
 COLORS = {"rnn": "tab:gray", "lstm": "tab:blue", "gru": "tab:cyan", "s4": "tab:orange",
           "mamba": "tab:red", "transformer": "tab:green", "transformer-nopos": "tab:olive",
-          "transformer-window": "tab:purple"}
+          "transformer-window": "tab:purple", "mamba2": "tab:brown"}
 
 
 class UsageError(train.UsageError):

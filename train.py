@@ -63,7 +63,7 @@ import urllib.request
 
 import numpy
 
-MODELS = ["rnn", "lstm", "gru", "s4", "mamba", "transformer"]
+MODELS = ["rnn", "lstm", "gru", "s4", "mamba", "transformer", "mamba2"]
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_BYTES = 1_115_394
@@ -557,7 +557,7 @@ def field_type(f):
 
 def build_parser(module=None):
     p = Parser(prog="train.py", description="Train a character-level sequence model (rnn, lstm, gru, s4, "
-               "mamba, transformer) with a hand-written backward pass.",
+               "mamba, transformer, mamba2) with a hand-written backward pass.",
                epilog="Every field of the model's Config is a flag too: run with --model NAME --help to "
                "list them. The defaults are the project's standard recipe.")
     a = p.add_argument

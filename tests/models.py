@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-MODELS = ["rnn", "lstm", "gru", "s4", "mamba", "transformer"]
+MODELS = ["rnn", "lstm", "gru", "s4", "mamba", "transformer", "mamba2"]
 
 TINY = {
     "rnn": dict(vocab_size=9, d_model=8, n_layer=2),
@@ -24,6 +24,7 @@ TINY = {
     "transformer": dict(vocab_size=9, d_model=8, n_layer=2, n_head=2, block_size=16),
     "s4": dict(vocab_size=9, d_model=8, n_layer=2, d_state=8),
     "mamba": dict(vocab_size=9, d_model=8, n_layer=2, d_state=3, expand=2, d_conv=3),
+    "mamba2": dict(vocab_size=9, d_model=8, n_layer=2, d_state=3, expand=2, d_conv=3, headdim=4, chunk_size=4),
 }
 
 if os.environ.get("SEQ_MODELS"):
