@@ -77,6 +77,18 @@ def _mamba(c, B, T):
         + c.d_model * c.vocab_size
 
 
+def _mamba2(c, B, T):
+    # per layer (E = expand * H, N = d_state, P = headdim, nheads = E / P, Q = chunk_size,
+    # F = E + 2N): in_proj H -> 2E + 2N + nheads, the depthwise conv (F K); the chunked SSD:
+    # the scores C B^T inside a chunk (Q N per token, shared by the heads), the masked
+    # scores applied to the values (Q E), the chunk states (E N) and their readout (E N),
+    # the recurrence across chunks (E N per chunk); out_proj E -> H; the tied head H V
+    E, N, Q = c.expand * c.d_model, c.d_state, c.chunk_size
+    in_proj = (2 * E + 2 * N + E // c.headdim) * c.d_model
+    ssd = Q * N + Q * E + 2 * E * N + E * N / Q
+    return c.n_layer * (in_proj + (E + 2 * N) * c.d_conv + ssd + E * c.d_model) + c.d_model * c.vocab_size
+
+
 FLOPS = {  # forward multiply-adds per token
     # per layer: input and recurrent matmuls, one (H x H) each per gate block; then the head H V
     "rnn": lambda c, B, T: c.n_layer * 2 * c.d_model ** 2 + c.d_model * c.vocab_size,
@@ -84,6 +96,7 @@ FLOPS = {  # forward multiply-adds per token
     "gru": lambda c, B, T: c.n_layer * 6 * c.d_model ** 2 + c.d_model * c.vocab_size,
     "s4": _s4,
     "mamba": _mamba,
+    "mamba2": _mamba2,
     # per layer: qkv 3H^2, the output projection H^2, the MLP 8H^2 (4H^2 without it);
     # attention scores and their weighted sum 2 T H (the full T x T is computed, then
     # masked); the head tied to wte, H V

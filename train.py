@@ -437,6 +437,17 @@ def _mamba(c, T):
     return c.vocab_size * H + c.n_layer * layer + H, (c.n_layer + 1) * (3 * E * N + 4 * E), 0
 
 
+def _mamba2(c, T):
+    E, N, H, Q = c.expand * c.d_model, c.d_state, c.expand * c.d_model // c.headdim, c.chunk_size
+    F, C = E + 2 * N, c.d_model
+    layer = C + (2 * E + 2 * N + H) * C + F * c.d_conv + F + 3 * H + E + C * E
+    # per token and layer: the in_proj/conv/gate activations (about 4 copies of 2E + 2N + H),
+    # the (H, Q) decay mask and the (Q,) scores row of the chunk, kept twice, and the
+    # chunk-boundary states (H P N = E N per chunk of Q tokens), twice
+    act = 4 * (2 * E + 2 * N + H) + 2 * H * Q + 2 * Q + 2 * E * N // Q
+    return c.vocab_size * C + c.n_layer * layer + C, (c.n_layer + 1) * act, 0
+
+
 def _recurrent(gates, act):
     """rnn (1 gate block), gru (3), lstm (4): per layer W_ih, W_hh (gates*H, H) and two biases."""
     return lambda c, T: (2 * c.vocab_size * c.d_model + c.vocab_size
@@ -451,6 +462,7 @@ MEMORY = {
                         + c.n_layer * (2 * c.d_model ** 2 + 2 * c.d_model * c.d_state + 6 * c.d_model),
                         15 * (c.n_layer + 1) * c.d_model, c.n_layer * c.d_model * c.d_state * T),
     "mamba": _mamba,   # the scan keeps h for every position: 3 E N floats per token and layer
+    "mamba2": _mamba2,  # only chunk-boundary states: E N / Q floats per token and layer
     # transformer: 12 H^2 + 13 H per block; attention keeps (B, n_head, T, T) twice
     "transformer": lambda c, T: (c.vocab_size * c.d_model + c.block_size * c.d_model + 2 * c.d_model
                                  + c.n_layer * (12 * c.d_model ** 2 + 13 * c.d_model),

@@ -110,6 +110,8 @@ EXTRA = {
     "transformer": lambda c, B, T: c.n_layer * 2 * T * c.d_model,
     "mamba": lambda c, B, T: c.n_layer * 3 * c.expand * c.d_model * c.d_state,
     "s4": lambda c, B, T: c.n_layer * (7.5 * math.log2(2 * T) * c.d_model + 2 * c.d_model * c.d_state / B),
+    "mamba2": lambda c, B, T: c.n_layer * (c.chunk_size * c.d_state + c.chunk_size * c.expand * c.d_model
+                                           + (2 + 1 / c.chunk_size) * c.expand * c.d_model * c.d_state),
 }
 
 
@@ -118,8 +120,7 @@ def test_flops_formula_counts_the_models_weights(name):
     """Every weight of a matmul or convolution is one multiply-add per token: the formula's weight
     part equals the count of those entries in .params (the tied head counts the embedding once,
     as the head; lookups, the SSM dynamics, norms and biases are not multiply-adds)."""
-    if name not in bench.FLOPS:
-        pytest.skip(f"bench.FLOPS has no entry for {name}")
+    assert name in bench.FLOPS, f"bench.FLOPS has no entry for {name}"
     module = importlib.import_module(name)
     cfg = module.Config(vocab_size=65)
     params = module.Model(cfg, seed=0).params

@@ -498,8 +498,7 @@ def test_config_flags_parse_booleans_and_check_floats():
 def test_memory_estimate_is_close_to_a_measurement(name):
     """The estimate that refuses impossible sizes: exact parameter count, and within 2x of the
     tracemalloc peak of a real float32 training step."""
-    if name not in train.MEMORY:
-        pytest.skip(f"train.MEMORY has no entry for {name}")
+    assert name in train.MEMORY, f"train.MEMORY has no entry for {name}"
     module = importlib.import_module(name)
     cfg = module.Config(vocab_size=65)
     B, T = 4, 64
