@@ -5,6 +5,7 @@ hand-derived backward pass.
     x0 = wte[idx] + wpe[0:T] -> dropout -> n_layer x Block -> ln_f -> logits = h wte^T
     Block:  x = x + dropout(attn.c_proj(attention(ln_1(x))))
             x = x + dropout(mlp.c_proj(GELU(mlp.c_fc(ln_2(x)))))
+            (Config.mlp=False: no ln_2 and no MLP, an attention-only transformer)
 
 What it is
 - nanoGPT's GPT (karpathy/nanoGPT model.py) with bias=True, parameter by
@@ -77,6 +78,7 @@ class Config:
     block_size: int = 128     # longest context: rows of wpe, and the KV cache's limit
     dropout: float = 0.0      # dropout probability (nanoGPT's places), only in forward(train=True)
     pos_emb: str = "learned"  # "learned": wpe, as GPT-2; "none": no position information at all
+    mlp: bool = True          # False: blocks are x = x + attn(ln_1(x)) only, no ln_2 and no MLP
 
 
 LN_EPS = 1e-5                        # LayerNorm eps, inside the sqrt (PyTorch's default)
@@ -226,9 +228,10 @@ class Model:
             p[h + "ln_1.weight"], p[h + "ln_1.bias"] = const(1, C), const(0, C)
             p[h + "attn.c_attn.weight"], p[h + "attn.c_attn.bias"] = normal(0.02, 3 * C, C), const(0, 3 * C)
             p[h + "attn.c_proj.weight"], p[h + "attn.c_proj.bias"] = normal(proj_std, C, C), const(0, C)
-            p[h + "ln_2.weight"], p[h + "ln_2.bias"] = const(1, C), const(0, C)
-            p[h + "mlp.c_fc.weight"], p[h + "mlp.c_fc.bias"] = normal(0.02, 4 * C, C), const(0, 4 * C)
-            p[h + "mlp.c_proj.weight"], p[h + "mlp.c_proj.bias"] = normal(proj_std, C, 4 * C), const(0, C)
+            if cfg.mlp:
+                p[h + "ln_2.weight"], p[h + "ln_2.bias"] = const(1, C), const(0, C)
+                p[h + "mlp.c_fc.weight"], p[h + "mlp.c_fc.bias"] = normal(0.02, 4 * C, C), const(0, 4 * C)
+                p[h + "mlp.c_proj.weight"], p[h + "mlp.c_proj.bias"] = normal(proj_std, C, 4 * C), const(0, C)
         p["transformer.ln_f.weight"], p["transformer.ln_f.bias"] = const(1, C), const(0, C)
         self.params = p
         self._masks = {}
@@ -299,6 +302,9 @@ class Model:
                 out *= c["keep_r1"]
             x = x + out
             c.update(a=a, q=q, k=k, v=v, y=y)
+            if not cfg.mlp:                                        # attention-only block
+                layers.append(c)
+                continue
             # ---- MLP sub-block: x = x + dropout(c_proj(GELU(c_fc(ln_2(x)))))
             a2, c["ln_2"] = layernorm_forward(x, w("ln_2.weight"), w("ln_2.bias"), xp)
             hpre = a2 @ w("mlp.c_fc.weight").T                     # (B*T, 4C)
@@ -342,22 +348,23 @@ class Model:
             c = cache["layers"][i]
             pre = f"transformer.h.{i}."
             w = lambda name: p[pre + name]                          # noqa: E731
-            # ---- MLP sub-block, x = x + dropout(out): dx reaches both x and out
-            dout = dx if c["keep_r2"] is None else dx * c["keep_r2"]
-            # out = g W_mo^T + b
-            grads[pre + "mlp.c_proj.weight"] = dout.T @ c["g"]     # (C, 4C)
-            grads[pre + "mlp.c_proj.bias"] = dout.sum(0)
-            dg = dout @ w("mlp.c_proj.weight")                      # (B*T, 4C)
-            # g = GELU(h)
-            dh = gelu_backward(dg, c["h"], c["t"])
-            # h = a2 W_fc^T + b
-            grads[pre + "mlp.c_fc.weight"] = dh.T @ c["a2"]        # (4C, C)
-            grads[pre + "mlp.c_fc.bias"] = dh.sum(0)
-            da2 = dh @ w("mlp.c_fc.weight")                         # (B*T, C)
-            # a2 = ln_2(x); the residual: dx += its path through ln_2
-            da2, grads[pre + "ln_2.weight"], grads[pre + "ln_2.bias"] = \
-                layernorm_backward(da2, c["ln_2"], w("ln_2.weight"))
-            dx += da2
+            if cfg.mlp:
+                # ---- MLP sub-block, x = x + dropout(out): dx reaches both x and out
+                dout = dx if c["keep_r2"] is None else dx * c["keep_r2"]
+                # out = g W_mo^T + b
+                grads[pre + "mlp.c_proj.weight"] = dout.T @ c["g"]     # (C, 4C)
+                grads[pre + "mlp.c_proj.bias"] = dout.sum(0)
+                dg = dout @ w("mlp.c_proj.weight")                      # (B*T, 4C)
+                # g = GELU(h)
+                dh = gelu_backward(dg, c["h"], c["t"])
+                # h = a2 W_fc^T + b
+                grads[pre + "mlp.c_fc.weight"] = dh.T @ c["a2"]        # (4C, C)
+                grads[pre + "mlp.c_fc.bias"] = dh.sum(0)
+                da2 = dh @ w("mlp.c_fc.weight")                         # (B*T, C)
+                # a2 = ln_2(x); the residual: dx += its path through ln_2
+                da2, grads[pre + "ln_2.weight"], grads[pre + "ln_2.bias"] = \
+                    layernorm_backward(da2, c["ln_2"], w("ln_2.weight"))
+                dx += da2
             # ---- attention sub-block, x = x + dropout(out)
             dout = dx if c["keep_r1"] is None else dx * c["keep_r1"]
             # out = y W_ao^T + b
@@ -460,9 +467,10 @@ class Model:
             # one query against all cached keys; no mask: the cache holds only the past
             Y = attention_forward(q, k, v, None, None, xp)[0]       # (B, nh, 1, hs)
             x = x + Y.reshape(B, C) @ w("attn.c_proj.weight").T + w("attn.c_proj.bias")
-            a2 = layernorm_forward(x, w("ln_2.weight"), w("ln_2.bias"), xp)[0]
-            g = gelu_forward(a2 @ w("mlp.c_fc.weight").T + w("mlp.c_fc.bias"), xp)[0]
-            x = x + g @ w("mlp.c_proj.weight").T + w("mlp.c_proj.bias")
+            if cfg.mlp:
+                a2 = layernorm_forward(x, w("ln_2.weight"), w("ln_2.bias"), xp)[0]
+                g = gelu_forward(a2 @ w("mlp.c_fc.weight").T + w("mlp.c_fc.bias"), xp)[0]
+                x = x + g @ w("mlp.c_proj.weight").T + w("mlp.c_proj.bias")
         hf = layernorm_forward(x, p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], xp)[0]
         if learned:   # the token history, for the re-encoding above
             tokens = xp.concatenate([tokens, idx_t[:, None].astype(tokens.dtype)], axis=1)

@@ -7,7 +7,9 @@
   pos_emb="none" (no wpe, no limit);
 - forward with T > block_size raises ValueError;
 - dropout's rng: model.rng drives the masks, and restoring its state repeats them;
-- nanoGPT's init and the standard config's size.
+- nanoGPT's init and the standard config's size;
+- mlp=False, the attention-only transformer: no ln_2 or MLP parameters, gradients,
+  step == forward, and equality with the PyTorch reference.
 """
 import math
 
@@ -222,6 +224,38 @@ def test_pos_emb_none_sees_no_position():
         assert (spread > 1e-6) == differs, (pos_emb, spread)
 
 
+# ------------------------------------------------- mlp=False: attention-only blocks
+ATTN_ONLY = {"attn-only": dict(mlp=False),
+             "attn-only, pos_emb none": dict(mlp=False, pos_emb="none"),
+             "attn-only, dropout": dict(mlp=False, dropout=0.3)}
+
+
+@pytest.mark.parametrize("overrides", ATTN_ONLY.values(), ids=ATTN_ONLY.keys())
+def test_attention_only_gradients(overrides):
+    model = make("transformer", **overrides)
+    assert not any(".ln_2." in k or ".mlp." in k for k in model.params)
+    n = sum(v.size for v in model.params.values())
+    full = sum(v.size for v in make("transformer", **{**overrides, "mlp": True}).params.values())
+    C = model.cfg.d_model
+    assert full - n == model.cfg.n_layer * (2 * C + 4 * C * C + 4 * C + 4 * C * C + C)
+    perturb(model)
+    failures = check_model(FixedMasks(model) if model.cfg.dropout else model, tokens(2, 6))
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("overrides", ATTN_ONLY.values(), ids=ATTN_ONLY.keys())
+def test_attention_only_step_equals_forward(overrides):
+    model = make("transformer", **overrides)
+    perturb(model)
+    idx = tokens(2, 11)
+    logits = model.forward(idx)[0]
+    state = model.init_state(2)
+    for t in range(idx.shape[1]):
+        out, state = model.step(idx[:, t], state)
+        err = numpy.abs(out - logits[:, t]).max()
+        assert err <= 1e-10 * max(1.0, numpy.abs(logits).max()), f"t={t}: {err:.3g}"
+
+
 # ------------------------------------------------------------- init and size
 def test_standard_config_size_and_init():
     mod = load("transformer")
@@ -238,11 +272,12 @@ def test_standard_config_size_and_init():
 
 
 # --------------------------------------------- PyTorch, the cases test_torch.py leaves out
-def test_pytorch_pos_emb_none_and_step_past_block_size():
+@pytest.mark.parametrize("mlp", [True, False], ids=["mlp", "attn-only"])
+def test_pytorch_pos_emb_none_and_step_past_block_size(mlp):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     import torch_ref
     for pos_emb in ["learned", "none"]:
-        model = make("transformer", pos_emb=pos_emb)
+        model = make("transformer", pos_emb=pos_emb, mlp=mlp)
         perturb(model)
         ref = torch_ref.build("transformer", model.cfg, model.params)
         idx = tokens(2, 12)

@@ -4,7 +4,8 @@ bias=True, lm_head tied to wte, written as nanoGPT writes it with three changes:
 - the MLP's GELU is nn.GELU(approximate="tanh") (GPT-2's form, as ours; nanoGPT: erf);
 - forward(idx) returns the logits at every position (nanoGPT: the last one when no
   targets are given) and computes no loss;
-- pos_emb="none" drops wpe, and init_state/step run generation with a KV cache.
+- pos_emb="none" drops wpe, mlp=False drops ln_2 and the MLP (attention-only blocks),
+  and init_state/step run generation with a KV cache.
 
 Attention is F.scaled_dot_product_attention(is_causal=True), nanoGPT's "flash" path
 (PyTorch >= 2.0); float64 agrees with our explicit masked softmax to ~1e-15. The
@@ -87,23 +88,27 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1 = LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = LayerNorm(cfg.d_model)
-        self.mlp = MLP(cfg)
+        if cfg.mlp:
+            self.ln_2 = LayerNorm(cfg.d_model)
+            self.mlp = MLP(cfg)
+        self.has_mlp = cfg.mlp
+
+    def ffwd(self, x):
+        return x + self.mlp(self.ln_2(x)) if self.has_mlp else x
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        return self.ffwd(x)
 
     def prefill(self, x):
         """forward(x), also returning this block's keys and values (B, nh, T, hs)."""
         q, k, v = self.attn.qkv(self.ln_1(x))
         x = x + self.attn.out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
-        return x + self.mlp(self.ln_2(x)), (k, v)
+        return self.ffwd(x), (k, v)
 
     def step(self, x, cache):
         y, cache = self.attn.step(self.ln_1(x), cache)
-        x = x + y
-        return x + self.mlp(self.ln_2(x)), cache
+        return self.ffwd(x + y), cache
 
 
 class GPT(nn.Module):
