@@ -5,7 +5,8 @@ Each row is random symbols; somewhere in it a special token is followed by a tar
 symbol; the row ends with the special token again, and the model must answer the
 target (only that last position counts). Train at --seq-len, then evaluate at
 --factors times that length. A recurrence runs at any length with the same state;
-the question is whether what it learned still works. A transformer with learned
+the question is whether what it learned still works. Training may start with a
+first stage of shorter rows (--stage1-iters at --stage1-len), as recall's curriculum. A transformer with learned
 positions cannot run past block_size at all (its table cell says so); with
 pos_emb="none" it runs at any length, and the table shows what it does there.
 """
@@ -21,7 +22,7 @@ DESCRIPTION = ("The induction-heads task of the Mamba paper: a special token, a 
                "token again -> the target. Trained at --seq-len, evaluated at each of --factors times it. "
                "The transformer runs twice: learned positions (stops at block_size) and pos_emb='none'. "
                "Writes induction.csv and induction.png.")
-DEFAULTS = {"iters": (2000, 30), "batch": (32, 8), "lr": (3e-3, 3e-3), "seq_len": (64, 16),
+DEFAULTS = {"iters": (2000, 30), "stage1_iters": (600, 10), "stage1_len": (16, 8), "batch": (32, 8), "lr": (3e-3, 3e-3), "seq_len": (64, 16),
             "symbols": (16, 8), "factors": ([1, 2, 4, 8, 16], [1, 2, 4]), "eval": (128, 16),
             "transformer": ("auto", "auto")}
 SPECIAL = 0
@@ -46,6 +47,8 @@ def induction(rng, batch, seq_len, n_symbols):
 
 def add_arguments(sp, add):
     add("--iters", C.positive(int), "training iterations, every model")
+    add("--stage1-iters", C.non_negative_int, "iterations of a first stage at --stage1-len (0: no curriculum)")
+    add("--stage1-len", C.positive(int), "sequence length of the first stage")
     add("--batch", C.positive(int), "sequences per batch")
     add("--lr", C.positive(float), "peak learning rate, every model")
     add("--seq-len", C.positive(int), "training length (and the transformer's block_size)")
@@ -58,6 +61,10 @@ def add_arguments(sp, add):
 def check(a):
     if a.seq_len < 3:
         raise C.UsageError("--seq-len must be at least 3 (special token, target, special token)")
+    if a.stage1_iters and not 3 <= a.stage1_len <= a.seq_len:
+        raise C.UsageError(f"--stage1-len {a.stage1_len} must lie in [3, --seq-len {a.seq_len}]")
+    if a.stage1_iters >= a.iters:
+        raise C.UsageError(f"--stage1-iters {a.stage1_iters} must be below --iters {a.iters}")
     C.resolve_transformer(a)
     C.check_memory(f"--batch {a.batch} x --seq-len {a.seq_len}",
                    C.activation_bytes(max(a.batch, 64), a.seq_len, "transformer" in a.models))
@@ -75,7 +82,7 @@ def run(a):
     V, T = a.symbols + 1, a.seq_len
     lengths = [T * f for f in a.factors]
     print(f"induction heads: {a.symbols} symbols, trained at length {T} ({a.iters} iterations x batch {a.batch}, "
-          f"lr {a.lr}, every model), evaluated at {lengths} on {a.eval} sequences each; chance = 1/{a.symbols}")
+          f"the first {a.stage1_iters} at length {a.stage1_len}; lr {a.lr}, every model), evaluated at {lengths} on {a.eval} sequences each; chance = 1/{a.symbols}")
     specs = []
     for name in a.models:
         if name == "transformer":
@@ -89,7 +96,9 @@ def run(a):
     rows, table = [], {}
     for label, model in models.items():
         rng = numpy.random.default_rng([a.seed, 1])
-        f = C.fit(model, [(a.iters, lambda: induction(rng, a.batch, T, a.symbols))], a.lr, f"induction {label}")
+        stages = [(a.stage1_iters, lambda: induction(rng, a.batch, a.stage1_len, a.symbols)),
+                  (a.iters - a.stage1_iters, lambda: induction(rng, a.batch, T, a.symbols))]
+        f = C.fit(model, [s for s in stages if s[0]], a.lr, f"induction {label}")
         for L in lengths:
             try:
                 acc, note = accuracy(model, *evals[L]), ""

@@ -270,6 +270,7 @@ def bad_inputs(tmp):
         (["induction", "--factors", "0"], "zero factor"),
         (["induction", "--seq-len", "1000000", "--factors", "64"], "evaluation that cannot fit"),
         (["induction", "--transformer", "big"], "unknown transformer variant"),
+        (["induction", "--stage1-len", "2"], "induction stage 1 too short"),
         (["cost", "--lengths", "-5"], "negative length"),
         (["cost", "--lengths", "10000000"], "length whose memory cannot fit"),
         (["cost", "--max-seconds", "nan"], "NaN seconds"),
