@@ -333,3 +333,16 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch, caps
     assert "Traceback" in capsys.readouterr().err
     monkeypatch.setattr(copying, "run", lambda a: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert common.main(MODULES, ["copy", "--quick"]) == 130
+
+
+def test_accuracy_by_pair_place_averages_to_the_accuracy():
+    """Every row asks every key once, so the places' mean is the accuracy at that K."""
+    x, y, mask = recall.mqar(numpy.random.default_rng(2), 32, 24, 4, 8, 8)
+    model = common.make_model("gru", 17, d_model=8, n_layer=1)
+    places = recall.accuracy_by_pair(model, x, y, mask)
+    assert places.shape == (4,)
+    assert abs(places.mean() - common.masked_accuracy(model, x, y, mask)[0]) < 1e-12
+    y2 = y.copy()
+    y2[mask] = model.forward(x)[0].argmax(-1)[mask]             # a model that is always right
+    y2[:, :] = numpy.where(mask, y2, 0)
+    assert (recall.accuracy_by_pair(model, x, y2, mask) == 1).all()
