@@ -1,7 +1,8 @@
-"""experiments.py: the synthetic tasks are what they claim to be, the state counter
-counts what it should, and every subcommand runs end to end in --quick mode,
-writing its CSV (and its PNG when matplotlib is installed), with bad input ending
-in one line on stderr and exit status 2."""
+"""The experiments package: the synthetic tasks are what they claim to be, the state
+counter counts what it should, the masked loss trains through train.train_step, the
+curriculum feeds what it says, every subcommand runs end to end in --quick mode
+(through `python -m experiments`), and every bad input ends in one line on stderr,
+exit status 2, with nothing written."""
 import csv
 import importlib.util
 import os
@@ -14,7 +15,8 @@ import pytest
 from models import ROOT
 
 sys.path.insert(0, ROOT)
-import experiments  # noqa: E402
+import train  # noqa: E402
+from experiments import MODULES, common, copying, induction, recall  # noqa: E402
 
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 
@@ -23,7 +25,7 @@ HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 @pytest.mark.parametrize("pairs", [1, 4, [2, 4, 8]])
 def test_mqar_every_answer_appeared_earlier_as_that_keys_value(pairs):
     n_keys = 16
-    x, y, mask = experiments.mqar(numpy.random.default_rng(3), 32, 40, pairs, n_keys, n_keys)
+    x, y, mask = recall.mqar(numpy.random.default_rng(3), 32, 40, pairs, n_keys, n_keys)
     assert x.shape == y.shape == mask.shape == (32, 40)
     assert x.dtype == y.dtype == numpy.int64 and mask.dtype == bool
     allowed = {pairs} if isinstance(pairs, int) else set(pairs)
@@ -33,17 +35,15 @@ def test_mqar_every_answer_appeared_earlier_as_that_keys_value(pairs):
         assert K in allowed
         seen.add(K)
         keys, values = row_x[0:2 * K:2], row_x[1:2 * K:2]
-        # the pairs: keys from the key range, values from the value range, each distinct
         assert ((1 <= keys) & (keys <= n_keys)).all() and len(set(keys)) == K
         assert ((n_keys < values) & (values <= 2 * n_keys)).all() and len(set(values)) == K
-        # every query lies after the pairs, asks a key, and its answer is that key's value
         where = numpy.flatnonzero(row_m)
         assert where.min() >= 2 * K
-        for p in where:
+        for p in where:                                        # the answer is that key's value
             earlier = numpy.flatnonzero(row_x[:p] == row_x[p])
             assert len(earlier) == 1 and earlier[0] < 2 * K and earlier[0] % 2 == 0
             assert row_y[p] == row_x[earlier[0] + 1]
-        assert sorted(row_x[where]) == sorted(keys)          # every key is asked exactly once
+        assert sorted(row_x[where]) == sorted(keys)            # every key is asked exactly once
         rest = numpy.ones(40, bool)
         rest[:2 * K] = False
         rest[where] = False
@@ -52,72 +52,105 @@ def test_mqar_every_answer_appeared_earlier_as_that_keys_value(pairs):
         assert seen == allowed                                 # the mixture draws every K
 
 
-def test_mqar_is_deterministic_with_a_seed():
-    a = experiments.mqar(numpy.random.default_rng(5), 8, 32, [2, 4], 8, 8)
-    b = experiments.mqar(numpy.random.default_rng(5), 8, 32, [2, 4], 8, 8)
-    c = experiments.mqar(numpy.random.default_rng(6), 8, 32, [2, 4], 8, 8)
-    assert all((u == v).all() for u, v in zip(a, b))
-    assert not (a[0] == c[0]).all()
+def test_mqar_is_deterministic_and_rejects_what_does_not_fit():
+    a = recall.mqar(numpy.random.default_rng(5), 8, 32, [2, 4], 8, 8)
+    b = recall.mqar(numpy.random.default_rng(5), 8, 32, [2, 4], 8, 8)
+    c = recall.mqar(numpy.random.default_rng(6), 8, 32, [2, 4], 8, 8)
+    assert all((u == v).all() for u, v in zip(a, b)) and not (a[0] == c[0]).all()
+    with pytest.raises(ValueError):
+        recall.mqar(numpy.random.default_rng(0), 2, 12, 5, 8, 8)    # 3K > T
+    with pytest.raises(ValueError):
+        recall.mqar(numpy.random.default_rng(0), 2, 64, 9, 8, 8)    # K > keys
 
 
-def test_mqar_rejects_what_does_not_fit():
-    with pytest.raises(ValueError):
-        experiments.mqar(numpy.random.default_rng(0), 2, 12, 5, 8, 8)   # 3K > T
-    with pytest.raises(ValueError):
-        experiments.mqar(numpy.random.default_rng(0), 2, 64, 9, 8, 8)   # K > keys
+def test_curriculum_feeds_short_rows_first_then_the_full_mixture(monkeypatch, tmp_path):
+    """train_one hands fit two stages: stage 1 at --stage1-len with --stage1-pairs, then
+    --seq-len with every K from min to max of --pairs."""
+    a, _ = common.parse(["recall", "--quick", "--iters", "40", "--stage1-iters", "15", "--stage1-len", "12",
+                         "--stage1-pairs", "2,3", "--seq-len", "30", "--pairs", "2,5", "--n-keys", "8",
+                         "--batch", "64", "--models", "gru"], MODULES)
+    seen = {}
+
+    def fake_fit(model, stages, lr, label, probe=None, probe_every=0):
+        seen["stages"] = [(n, sample()) for n, sample in stages]
+        return dict(loss=0.0, seconds=0.0, diverged=False, curve=[])
+    monkeypatch.setattr(common, "fit", fake_fit)
+    recall.train_one(recall.build("gru", a, 0), a, 0, 1e-3, "test")
+    (n1, (x1, _, m1)), (n2, (x2, _, m2)) = seen["stages"]
+    assert (n1, n2) == (15, 25)
+    assert x1.shape == (64, 12) and set(m1.sum(1)) <= {2, 3}
+    assert x2.shape == (64, 30) and set(m2.sum(1)) == {2, 3, 4, 5}
 
 
 # ----------------------------------------------------------------- selective copy
 @pytest.mark.parametrize("selective", [True, False])
 def test_copy_targets_are_the_content_tokens_in_order(selective):
     region, n, content = 30, 6, 5
-    x, y, mask = experiments.selective_copy(numpy.random.default_rng(1), 16, region, n, content, selective)
+    x, y, mask = copying.selective_copy(numpy.random.default_rng(1), 16, region, n, content, selective)
     assert x.shape == y.shape == mask.shape == (16, region + n)
     assert (mask[:, region:]).all() and not mask[:, :region].any()
-    assert (x[:, region] == experiments.COPY_MARKER).all()
-    assert (x[:, region + 1:] == experiments.COPY_BLANK).all()
+    assert (x[:, region] == copying.COPY_MARKER).all()
+    assert (x[:, region + 1:] == copying.COPY_BLANK).all()
     for row_x, row_y, row_m in zip(x, y, mask):
         body = row_x[:region]
         is_content = body >= 2
-        assert is_content.sum() == n and (body[~is_content] == experiments.COPY_BLANK).all()
+        assert is_content.sum() == n and (body[~is_content] == copying.COPY_BLANK).all()
         assert ((2 <= body[is_content]) & (body[is_content] < 2 + content)).all()
         assert list(row_y[row_m]) == list(body[is_content])      # exactly the content, in order
         if not selective:
             assert is_content[:n].all()                          # plain copying: at the start
+    first = [int(numpy.flatnonzero(r[:region] >= 2)[0]) for r in x]
+    assert (len(set(first)) > 3) == selective                    # scattered only when selective
 
 
-def test_copy_scatters_and_is_deterministic():
-    a = experiments.selective_copy(numpy.random.default_rng(2), 64, 40, 4, 8)
-    b = experiments.selective_copy(numpy.random.default_rng(2), 64, 40, 4, 8)
-    assert all((u == v).all() for u, v in zip(a, b))
-    first = [int(numpy.flatnonzero(r[:40] >= 2)[0]) for r in a[0]]
-    assert len(set(first)) > 5                                   # positions vary from row to row
+# ------------------------------------------------------------------ induction
+def test_induction_target_is_the_symbol_after_the_first_special_token():
+    x, y, mask = induction.induction(numpy.random.default_rng(4), 64, 20, 6)
+    assert x.shape == (64, 20) and (mask.sum(1) == 1).all() and mask[:, -1].all()
+    for row_x, row_y in zip(x, y):
+        special = numpy.flatnonzero(row_x == induction.SPECIAL)
+        assert len(special) == 2 and special[1] == 19 and special[0] <= 17
+        assert row_y[-1] == row_x[special[0] + 1] and 1 <= row_y[-1] <= 6
+    assert len({int(numpy.flatnonzero(r == 0)[0]) for r in x}) > 5
 
 
 # ----------------------------------------------------------------- state bytes
 def test_state_bytes_fixed_for_rnn_and_linear_for_kv_cache():
-    rnn = experiments.make_model("rnn", 9, d_model=8, n_layer=2)
-    assert experiments.state_bytes_after(rnn, 5, 9) == experiments.state_bytes_after(rnn, 20, 9) == 2 * 8 * 4
-    gpt = experiments.make_model("transformer", 9, d_model=8, n_layer=2, n_head=2, block_size=32)
-    b10, b20 = (experiments.state_bytes_after(gpt, n, 9) for n in (10, 20))
+    rnn = common.make_model("rnn", 9, d_model=8, n_layer=2)
+    assert common.state_bytes_after(rnn, 5, 9) == common.state_bytes_after(rnn, 20, 9) == 2 * 8 * 4
+    gpt = common.make_model("transformer", 9, d_model=8, n_layer=2, n_head=2, block_size=32)
+    b10, b20 = (common.state_bytes_after(gpt, n, 9) for n in (10, 20))
     assert b10 == 2 * 2 * 8 * 10 * 4 and b20 == 2 * b10           # K and V, per layer, per token
-    s4 = experiments.make_model("s4", 9, d_model=8, n_layer=2, d_state=8)
-    assert experiments.state_bytes_after(s4, 7, 9) == 2 * 8 * 4 * 8   # complex64 (H, N/2) per layer, no consts
+    s4 = common.make_model("s4", 9, d_model=8, n_layer=2, d_state=8)
+    assert common.state_bytes_after(s4, 7, 9) == 2 * 8 * 4 * 8   # complex64 (H, N/2) per layer, no consts
 
 
-def test_masked_cross_entropy_is_zero_off_the_mask():
-    logits = numpy.random.default_rng(0).standard_normal((2, 5, 4)).astype(numpy.float32)
-    y = numpy.zeros((2, 5), numpy.int64)
-    mask = numpy.zeros((2, 5), bool)
-    mask[0, 3] = mask[1, 1] = True
-    loss, d = experiments.masked_cross_entropy(logits, y, mask)
-    assert (d[~mask] == 0).all() and numpy.allclose(d[mask].sum(-1), 0, atol=1e-6)
+# ----------------------------------------------------------------- masked loss
+def test_masked_step_is_the_mean_over_the_mask_and_zero_elsewhere():
+    """train.train_step through common.Masked: the loss is the mean cross-entropy over the
+    masked positions only, and its gradient equals the hand-made masked one."""
+    rng = numpy.random.default_rng(0)
+    model = common.make_model("gru", 7, d_model=8, n_layer=1, dtype=numpy.float64)
+    x, y = rng.integers(0, 7, (3, 6)), rng.integers(0, 7, (3, 6))
+    mask = rng.random((3, 6)) < 0.4
+    mask[0, 0] = True
+    logits, cache = model.forward(x)
+    want = common.token_losses(logits, y)[mask].mean()
+    loss, d = common.masked_cross_entropy(logits, y, mask)
+    assert abs(float(loss) - want) < 1e-12 and (d[~mask] == 0).all()
+    masked = common.Masked(model, mask)
+    ml, mcache = masked.forward(x)
+    loss2, d2 = train.cross_entropy(ml, y[mask][None])
+    assert abs(float(loss2) - want) < 1e-12
+    g_ref, g = model.backward(d, cache), masked.backward(d2, mcache)
+    assert all(numpy.allclose(g[k], g_ref[k], atol=1e-12) for k in g_ref)
+    assert any(numpy.abs(g[k]).max() > 0 for k in g)
 
 
 # ------------------------------------------------------------------ end to end
-def run(*args, cwd):
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments.py"), *map(str, args)], cwd=cwd,
-                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def run(*args, cwd, env=None):
+    out = subprocess.run([sys.executable, "-m", "experiments", *map(str, args)], cwd=cwd, capture_output=True,
+                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, **(env or {})})
     return out.returncode, out.stdout, out.stderr
 
 
@@ -127,11 +160,13 @@ def read_csv(path):
 
 
 EXPECT = {
-    "recall": ("recall.csv", ["recall.png"], {"model", "state_bytes", "n_pairs", "accuracy"}),
-    "copy": ("copy.csv", ["copy.png"], {"model", "task", "token_accuracy"}),
-    "cost": ("cost.csv", ["cost.png"], {"model", "N", "train_step_ms", "generate_ms_per_token", "state_bytes"}),
-    "length": ("length.csv", ["length.png"], {"model", "pos_start", "pos_end", "mean_loss"}),
-    "gradients": ("gradients.csv", ["gradients.png"], {"model", "phase", "k", "grad_norm"}),
+    "recall": ("recall.csv", {"model", "seed", "lr", "state_bytes", "n_pairs", "accuracy"}),
+    "capacity": ("capacity.csv", {"model", "setting", "state_bytes"}),
+    "copy": ("copy.csv", {"model", "task", "token_accuracy"}),
+    "induction": ("induction.csv", {"model", "length", "factor", "accuracy", "note"}),
+    "cost": ("cost.csv", {"model", "N", "train_step_ms", "generate_ms_per_token", "state_bytes"}),
+    "length": ("length.csv", {"model", "pos_start", "pos_end", "mean_loss"}),
+    "gradients": ("gradients.csv", {"model", "phase", "k", "grad_norm"}),
 }
 
 
@@ -140,21 +175,45 @@ def test_quick_run_writes_csv(command, tmp_path):
     rc, out, err = run(command, "--quick", "--out-dir", tmp_path / "res", cwd=tmp_path)
     assert rc == 0, err
     assert "done:" in out
-    name, pngs, columns = EXPECT[command]
+    name, columns = EXPECT[command]
     rows = read_csv(tmp_path / "res" / name)
     assert rows and columns <= set(rows[0])
-    models = {r["model"] for r in rows}
-    assert set(experiments.MODELS) <= models, models              # all six, every time
-    for png in pngs:
-        path = tmp_path / "res" / png
-        if HAVE_MPL:
-            assert path.exists() and path.stat().st_size < 100_000
-        else:
-            assert not path.exists() and "matplotlib is not installed" in out
+    assert set(common.MODELS) <= {r["model"] for r in rows}        # every model, every time
+    png = tmp_path / "res" / name.replace(".csv", ".png")
+    assert (png.exists() and png.stat().st_size < 100_000) if HAVE_MPL else not png.exists()
 
 
-def test_quick_outputs_make_sense(tmp_path):
-    """Spot checks on the numbers a quick run writes: the KV cache grows, the RNN state does not."""
+def test_capacity_state_grows_with_width_and_induction_marks_what_cannot_run(tmp_path):
+    rc, out, err = run("capacity", "--quick", "--models", "gru,s4,transformer", "--out-dir", tmp_path, cwd=tmp_path)
+    assert rc == 0, err
+    rows = read_csv(tmp_path / "capacity.csv")
+    for name in ("gru", "s4"):
+        sizes = [int(r["state_bytes"]) for r in rows if r["model"] == name]
+        assert len(sizes) == 2 and sizes[1] > sizes[0]
+    rc, out, err = run("induction", "--quick", "--models", "mamba,transformer", "--out-dir", tmp_path, cwd=tmp_path)
+    assert rc == 0, err
+    rows = read_csv(tmp_path / "induction.csv")
+    learned = {int(r["factor"]): r for r in rows if r["model"] == "transformer"}
+    assert learned[1]["accuracy"] and not learned[4]["accuracy"] and "block_size" in learned[4]["note"]
+    assert all(r["accuracy"] for r in rows if r["model"] in ("mamba", "transformer-nopos"))
+
+
+def test_sweep_keeps_the_rate_with_the_best_validation_accuracy(tmp_path):
+    rc, out, err = run("recall", "--quick", "--models", "gru,transformer", "--sweep-lr", "1e-3,1e-2",
+                       "--seeds", "0,1", "--out-dir", tmp_path, cwd=tmp_path)
+    assert rc == 0, err
+    sweep = read_csv(tmp_path / "recall_sweep.csv")
+    rows = read_csv(tmp_path / "recall.csv")
+    for name in ("gru", "transformer"):
+        s = [r for r in sweep if r["model"] == name]
+        assert sorted(float(r["lr"]) for r in s) == [1e-3, 1e-2]
+        best = max(s, key=lambda r: float(r["mean_val_accuracy"]))    # ties: the first, as the sweep
+        assert {float(r["lr"]) for r in rows if r["model"] == name} == {float(best["lr"])}
+        assert {r["seed"] for r in rows if r["model"] == name} == {"0", "1"}
+    assert "learning-rate sweep" in out
+
+
+def test_quick_cost_kv_cache_grows_and_rnn_state_does_not(tmp_path):
     rc, out, err = run("cost", "--quick", "--models", "rnn,transformer", "--out-dir", tmp_path, cwd=tmp_path)
     assert rc == 0, err
     rows = read_csv(tmp_path / "cost.csv")
@@ -162,44 +221,128 @@ def test_quick_outputs_make_sense(tmp_path):
     h = {int(r["N"]): int(r["state_bytes"]) for r in rows if r["model"] == "rnn"}
     Ns = sorted(kv)
     assert kv[Ns[-1]] == kv[Ns[0]] * Ns[-1] // Ns[0] and h[Ns[0]] == h[Ns[-1]]
-    slopes = read_csv(tmp_path / "cost_slopes.csv")
-    assert {r["model"] for r in slopes} == {"rnn", "transformer"}
-
-
-def test_length_reports_what_learned_positions_cannot_do(tmp_path):
-    rc, out, err = run("length", "--quick", "--models", "transformer", "--out-dir", tmp_path, cwd=tmp_path)
-    assert rc == 0, err
-    rows = read_csv(tmp_path / "length.csv")
-    learned = [r for r in rows if r["model"] == "transformer"]
-    assert learned[0]["mean_loss"] and not learned[-1]["mean_loss"]      # nothing past block_size
-    assert "exceeds block_size" in out
-    assert all(r["mean_loss"] for r in rows if r["model"] in ("transformer-nopos", "transformer-window"))
 
 
 def test_help(tmp_path):
     rc, out, err = run("--help", cwd=tmp_path)
     assert rc == 0 and all(c in out for c in EXPECT)
     rc, out, err = run("recall", "--help", cwd=tmp_path)
-    assert rc == 0 and "--pairs" in out and "--quick" in out
+    assert rc == 0 and "--sweep-lr" in out and "--stage1-iters" in out and "--quick" in out
 
 
-@pytest.mark.parametrize("args", [
-    [],                                                  # no subcommand
-    ["nonsense"],
-    ["recall", "--models", "rnn,foo"],
-    ["recall", "--pairs", "0"],
-    ["recall", "--pairs", "two"],
-    ["recall", "--seq-len", "12", "--pairs", "8"],       # 3 x 8 > 12
-    ["copy", "--region", "4", "--tokens", "8"],
-    ["cost", "--lengths", "-5"],
-    ["length", "--data", "/nonexistent/file.txt", "--quick"],
-    ["length", "--factor", "1"],
-    ["gradients", "--iters", "0"],
-    ["recall", "--bogus-flag"],
-])
-def test_bad_input_exits_2_with_one_line(args, tmp_path):
-    rc, out, err = run(*args, "--out-dir", tmp_path / "res", cwd=tmp_path) if args else run(cwd=tmp_path)
-    assert rc == 2, (rc, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("experiments.py: error:"), err
-    assert "Traceback" not in err
+# ------------------------------------------------------------------ bad input
+def bad_inputs(tmp):
+    """(argv, what it tests): every bad input known, each must exit 2 in one line, writing nothing."""
+    (tmp / "data").mkdir()
+    empty, short, binary, a_file = (tmp / "data" / n for n in ("empty.txt", "short.txt", "bin.txt", "file"))
+    empty.write_text("")
+    short.write_text("to be or not to be " * 3)
+    binary.write_bytes(b"abc\x00def" * 100)
+    a_file.write_text("keep me")
+    return [
+        ([], "no subcommand"),
+        (["nonsense"], "unknown subcommand"),
+        (["recall", "--bogus-flag"], "unknown flag"),
+        (["recall", "--models", "rnn,foo"], "unknown model"),
+        (["recall", "--models", ","], "empty model list"),
+        (["recall", "--pairs", "0"], "zero pairs"),
+        (["recall", "--pairs", "two"], "pairs not integers"),
+        (["recall", "--seq-len", "12", "--pairs", "8"], "3 x pairs > seq-len"),
+        (["recall", "--n-keys", "4"], "more pairs than keys"),
+        (["recall", "--stage1-len", "6", "--stage1-pairs", "4"], "stage 1 pairs do not fit"),
+        (["recall", "--stage1-iters", "5000"], "stage 1 longer than the run"),
+        (["recall", "--lr", "nan"], "NaN learning rate"),
+        (["recall", "--lr", "inf"], "infinite learning rate"),
+        (["recall", "--lr", "-1e-3"], "negative learning rate"),
+        (["recall", "--sweep-lr", "0,1e-3"], "zero rate in the sweep"),
+        (["recall", "--sweep-lr", "fast"], "sweep not numbers"),
+        (["recall", "--seeds", "-5"], "negative seed"),
+        (["recall", "--seeds", "a,b"], "seeds not integers"),
+        (["recall", "--transformer", "rope"], "unknown transformer variant"),
+        (["recall", "--batch", "100000000000"], "batch whose memory cannot fit"),
+        (["recall", "--iters", "2.5"], "fractional iterations"),
+        (["capacity", "--seed", "x"], "seed not an integer"),
+        (["capacity", "--pairs", "40"], "capacity: pairs do not fit"),
+        (["copy", "--region", "4", "--tokens", "8"], "more tokens than positions"),
+        (["copy", "--control", "foo"], "unknown control model"),
+        (["copy", "--content", "0"], "no content symbols"),
+        (["induction", "--seq-len", "2"], "induction too short"),
+        (["induction", "--factors", "0"], "zero factor"),
+        (["induction", "--seq-len", "1000000", "--factors", "64"], "evaluation that cannot fit"),
+        (["induction", "--transformer", "big"], "unknown transformer variant"),
+        (["induction", "--stage1-len", "2"], "induction stage 1 too short"),
+        (["cost", "--lengths", "-5"], "negative length"),
+        (["cost", "--lengths", "10000000"], "length whose memory cannot fit"),
+        (["cost", "--max-seconds", "nan"], "NaN seconds"),
+        (["length", "--data", str(tmp / "missing.txt")], "missing data file"),
+        (["length", "--data", str(tmp / "data")], "a folder as data"),
+        (["length", "--data", "/dev/null"], "a device as data"),
+        (["length", "--data", str(empty)], "empty data"),
+        (["length", "--data", str(binary)], "binary data"),
+        (["length", "--data", str(short)], "data too short"),
+        (["length", "--factor", "1"], "no extrapolation"),
+        (["gradients", "--iters", "0"], "zero iterations"),
+        (["gradients", "--seed", "-1"], "negative seed"),
+        (["gradients", "--seq-len", "1"], "window of one"),
+        (["recall", "--quick", "--out-dir", str(a_file)], "out-dir is a file"),
+        (["recall", "--quick", "--out-dir", str(a_file / "sub")], "out-dir under a file"),
+    ]
+
+
+def snapshot(root):
+    return sorted((os.path.relpath(os.path.join(d, f), root), os.path.getsize(os.path.join(d, f)))
+                  for d, _, fs in os.walk(root) for f in fs) + sorted(
+        os.path.relpath(os.path.join(d, s), root) for d, ds, _ in os.walk(root) for s in ds)
+
+
+def test_every_bad_input_exits_2_in_one_line_writing_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cases = bad_inputs(tmp_path)
+    assert len(cases) >= 40
+    failures = []
+    for argv, what in cases:
+        before = snapshot(tmp_path)
+        rc = common.main(MODULES, argv)
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        if not (rc == 2 and len(lines) == 1 and lines[0].startswith("experiments: error:")
+                and snapshot(tmp_path) == before and not os.path.exists("results")):
+            failures.append(f"{what} {argv}: rc {rc}, stderr {err!r}")
+    assert not failures, "\n".join(failures)
+
+
+def test_bad_input_through_the_command_line(tmp_path):
+    rc, out, err = run("recall", "--pairs", "0", cwd=tmp_path)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not os.listdir(tmp_path)                               # no results/ left behind
+
+
+def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+
+    def boom(a):
+        raise RuntimeError("boom\nsecond line")
+    monkeypatch.setattr(copying, "run", boom)
+    assert common.main(MODULES, ["copy", "--quick"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RuntimeError: boom second line" in err[0] and "--debug" in err[0]
+    assert common.main(MODULES, ["copy", "--quick", "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("SEQ_DEBUG", "1")
+    assert common.main(MODULES, ["copy", "--quick"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setattr(copying, "run", lambda a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert common.main(MODULES, ["copy", "--quick"]) == 130
+
+
+def test_accuracy_by_pair_place_averages_to_the_accuracy():
+    """Every row asks every key once, so the places' mean is the accuracy at that K."""
+    x, y, mask = recall.mqar(numpy.random.default_rng(2), 32, 24, 4, 8, 8)
+    model = common.make_model("gru", 17, d_model=8, n_layer=1)
+    places = recall.accuracy_by_pair(model, x, y, mask)
+    assert places.shape == (4,)
+    assert abs(places.mean() - common.masked_accuracy(model, x, y, mask)[0]) < 1e-12
+    y2 = y.copy()
+    y2[mask] = model.forward(x)[0].argmax(-1)[mask]             # a model that is always right
+    y2[:, :] = numpy.where(mask, y2, 0)
+    assert (recall.accuracy_by_pair(model, x, y2, mask) == 1).all()

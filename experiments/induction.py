@@ -1,0 +1,140 @@
+"""induction: length extrapolation on the induction-heads task (Gu & Dao 2023,
+"Mamba", section 4.1.2; Olsson et al. 2022).
+
+Each row is random symbols; somewhere in it a special token is followed by a target
+symbol; the row ends with the special token again, and the model must answer the
+target (only that last position counts). Train at --seq-len, then evaluate at
+--factors times that length. A recurrence runs at any length with the same state;
+the question is whether what it learned still works. Training may start with a
+first stage of shorter rows (--stage1-iters at --stage1-len), as recall's curriculum. A transformer with learned
+positions cannot run past block_size at all (its table cell says so); with
+pos_emb="none" it runs at any length, and the table shows what it does there.
+"""
+import os
+
+import numpy
+
+from . import common as C
+
+NAME = "induction"
+HELP = "induction heads: train at one length, evaluate at 2x..16x (length extrapolation)"
+DESCRIPTION = ("The induction-heads task of the Mamba paper: a special token, a target, ..., the special "
+               "token again -> the target. Trained at --seq-len, evaluated at each of --factors times it. "
+               "The transformer runs twice: learned positions (stops at block_size) and pos_emb='none'. "
+               "Writes induction.csv and induction.png.")
+DEFAULTS = {"iters": (2000, 30), "stage1_iters": (600, 10), "stage1_len": (16, 8), "batch": (32, 8), "lr": (3e-3, 3e-3), "seq_len": (64, 16),
+            "symbols": (16, 8), "factors": ([1, 2, 4, 8, 16], [1, 2, 4]), "eval": (128, 16),
+            "transformer": ("auto", "auto")}
+SPECIAL = 0
+
+
+def induction(rng, batch, seq_len, n_symbols):
+    """x, y (B, T) int64 and mask (B, T) bool. Symbols 1..n_symbols, the special token 0.
+    One special token at a random position p <= T - 3, the target at p + 1, the special
+    token again at T - 1, whose target (mask True only there) is the symbol after the first."""
+    if seq_len < 3 or n_symbols < 1:
+        raise ValueError(f"the induction task needs seq_len >= 3 ({seq_len}) and symbols >= 1 ({n_symbols})")
+    x = 1 + rng.integers(0, n_symbols, (batch, seq_len))
+    p = rng.integers(0, seq_len - 2, batch)
+    rows = numpy.arange(batch)
+    x[rows, p] = SPECIAL
+    x[:, -1] = SPECIAL
+    y = numpy.zeros((batch, seq_len), numpy.int64)
+    mask = numpy.zeros((batch, seq_len), bool)
+    y[:, -1], mask[:, -1] = x[rows, p + 1], True
+    return x.astype(numpy.int64), y, mask
+
+
+def add_arguments(sp, add):
+    add("--iters", C.positive(int), "training iterations, every model")
+    add("--stage1-iters", C.non_negative_int, "iterations of a first stage at --stage1-len (0: no curriculum)")
+    add("--stage1-len", C.positive(int), "sequence length of the first stage")
+    add("--batch", C.positive(int), "sequences per batch")
+    add("--lr", C.positive(float), "peak learning rate, every model")
+    add("--seq-len", C.positive(int), "training length (and the transformer's block_size)")
+    add("--symbols", C.positive(int), "distinct symbols (the vocabulary is one more)")
+    add("--factors", C.int_list, "evaluation lengths, as multiples of --seq-len")
+    add("--eval", C.positive(int), "evaluation sequences per length")
+    add("--transformer", str, "'attn' (attention only), 'mlp' (the SMALL block) or 'auto' (attn if available)")
+
+
+def check(a):
+    if a.seq_len < 3:
+        raise C.UsageError("--seq-len must be at least 3 (special token, target, special token)")
+    if a.stage1_iters and not 3 <= a.stage1_len <= a.seq_len:
+        raise C.UsageError(f"--stage1-len {a.stage1_len} must lie in [3, --seq-len {a.seq_len}]")
+    if a.stage1_iters >= a.iters:
+        raise C.UsageError(f"--stage1-iters {a.stage1_iters} must be below --iters {a.iters}")
+    C.resolve_transformer(a)
+    C.check_memory(f"--batch {a.batch} x --seq-len {a.seq_len}",
+                   C.activation_bytes(max(a.batch, 64), a.seq_len, "transformer" in a.models))
+    C.check_memory(f"evaluating at {max(a.factors) * a.seq_len} tokens",
+                   C.activation_bytes(1, max(a.factors) * a.seq_len, "transformer" in a.models))
+
+
+def accuracy(model, x, y, mask):
+    """Accuracy at the last position, in chunks small enough for long sequences."""
+    chunk = max(1, 16384 // x.shape[1])
+    return C.masked_accuracy(model, x, y, mask, chunk)[0]
+
+
+def run(a):
+    V, T = a.symbols + 1, a.seq_len
+    lengths = [T * f for f in a.factors]
+    print(f"induction heads: {a.symbols} symbols, trained at length {T} ({a.iters} iterations x batch {a.batch}, "
+          f"the first {a.stage1_iters} at length {a.stage1_len}; lr {a.lr}, every model), evaluated at {lengths} on {a.eval} sequences each; chance = 1/{a.symbols}")
+    specs = []
+    for name in a.models:
+        if name == "transformer":
+            over = dict(C.transformer_overrides(a.transformer), block_size=T)
+            specs += [("transformer", name, over), ("transformer-nopos", name, dict(over, pos_emb="none"))]
+        else:
+            specs.append((name, name, {}))
+    models = {label: C.make_model(name, V, a.seed, **over) for label, name, over in specs}
+    C.print_params(models, V)
+    evals = {L: induction(numpy.random.default_rng([a.seed, 7, L]), a.eval, L, a.symbols) for L in lengths}
+    rows, table = [], {}
+    for label, model in models.items():
+        rng = numpy.random.default_rng([a.seed, 1])
+        stages = [(a.stage1_iters, lambda: induction(rng, a.batch, a.stage1_len, a.symbols)),
+                  (a.iters - a.stage1_iters, lambda: induction(rng, a.batch, T, a.symbols))]
+        f = C.fit(model, [s for s in stages if s[0]], a.lr, f"induction {label}")
+        for L in lengths:
+            try:
+                acc, note = accuracy(model, *evals[L]), ""
+            except ValueError as e:          # learned positions: forward refuses T > block_size
+                acc, note = "", f"cannot run: {e}"
+            table[label, L] = acc
+            rows.append([label, L, L // T, acc, note, f["loss"], f["seconds"], f["diverged"]])
+        print(f"  {label}: " + ", ".join(f"{L}: {'-' if table[label, L] == '' else f'{table[label, L]:.3f}'}"
+                                        for L in lengths) + f" ({f['seconds']:.0f} s)", flush=True)
+    C.write_csv(os.path.join(a.out_dir, "induction.csv"), ["model", "length", "factor", "accuracy", "note",
+                                                           "final_train_loss", "train_seconds", "diverged"], rows)
+    print(f"\naccuracy at the last position, trained at {T} ('-': cannot run, the sequence is longer than the "
+          f"learned positions' block_size {T}):")
+    C.markdown_table(["model"] + [f"{L} ({L // T}x)" for L in lengths],
+                     [[label] + ["-" if table[label, L] == "" else table[label, L] for L in lengths]
+                      for label in models])
+    print("\nagainst the paper (Mamba section 4.1.2, Table 2: Mamba extrapolates to 4000x the training length; "
+          "attention with learned or rotary positions fails past about 2x):")
+    longest = max(lengths)
+    for label in models:
+        first, last = table[label, T], table[label, longest]
+        if last == "":
+            print(f"- {label}: {first:.3f} at {T}; cannot run at {longest} (learned positions end at block_size)")
+        else:
+            print(f"- {label}: {first:.3f} at {T} -> {last:.3f} at {longest} "
+                  f"({'holds' if first > 0.5 and last >= first - 0.05 else 'does not hold' if first > 0.5 else 'not learned at the training length'})")
+    plt = C.pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for label in models:
+        pts = [(L, table[label, L]) for L in lengths if table[label, L] != ""]
+        ax.plot(*zip(*pts), "o-", color=C.COLORS.get(label, "k"), label=label, ms=4)
+    ax.axhline(1 / a.symbols, color="k", lw=0.8, ls=":", label="chance")
+    ax.axvline(T, color="k", lw=0.6, ls="--")
+    ax.set(xlabel="evaluation length", ylabel="accuracy", ylim=(-0.03, 1.03), title=f"induction, trained at {T}")
+    C.log_ticks(ax, lengths)
+    ax.legend(fontsize=7)
+    C.save_png(fig, plt, os.path.join(a.out_dir, "induction.png"))
