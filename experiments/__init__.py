@@ -16,9 +16,9 @@ the training loop on train.train_step, the masked loss, the output helpers, the
 argument parsing and the error guard); there is no experiments.py script, since a
 file and a package cannot share that import name.
 
-The question is the project's: how does a network remember? Five models keep a
-fixed-size running state (rnn, lstm, gru, s4, mamba; mamba2 joins when its file
-exists); the transformer keeps the whole history (its KV cache). Each subcommand
+The question is the project's: how does a network remember? Six models keep a
+fixed-size running state (rnn, lstm, gru, s4, mamba, mamba2); the transformer
+keeps the whole history (its KV cache). Each subcommand
 prints its progress and a table, writes its numbers as CSV under --out-dir (default
 results/) and, when matplotlib is installed (optional; it is not in
 requirements.txt), a small PNG next to it.
