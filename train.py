@@ -90,6 +90,12 @@ class Interrupted(UsageError):
 
 
 # ---------------------------------------------------------------------- data
+def tilde(path):
+    """A path as printed: the home folder as ~, as a shell would show it."""
+    home = os.path.expanduser("~")
+    return "~" + path[len(home):] if home not in ("", "/", "~") and path.startswith(home + os.sep) else path
+
+
 def cache_dir():
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "seqmodels")
@@ -149,7 +155,7 @@ def stdlib_corpus():
     if total < STDLIB_CHARS:
         raise UsageError(f"the Python standard library at {root} has too little source for the default "
                          "corpus; pass --data PATH")
-    return "".join(parts)[:STDLIB_CHARS], f"python-stdlib ({used} files of {root})"
+    return "".join(parts)[:STDLIB_CHARS], f"python-stdlib ({used} files of {tilde(root)})"
 
 
 def shakespeare_corpus():
@@ -181,7 +187,7 @@ def shakespeare_corpus():
     if len(raw) != SHAKESPEARE_BYTES or hashlib.sha256(raw).hexdigest() != SHAKESPEARE_SHA256:
         raise UsageError(f"the cached {path} is not tiny shakespeare (wrong size or sha256); delete it to "
                          f"download it again, or {by_hand}")
-    return raw.decode("utf-8"), f"tiny shakespeare ({path})"
+    return raw.decode("utf-8"), f"tiny shakespeare ({tilde(path)})"
 
 
 def load_corpus(spec):
