@@ -893,6 +893,28 @@ def train(r):
           f"{t_eval:.1f} s evaluation); checkpoint {r.ckpt}")
 
 
+def guarded(prog, run, argv):
+    """run(argv) as a command: bad input (UsageError) is one line and exit 2, Ctrl-C exit 130,
+    anything unexpected one line with its type and exit 1 (--debug or SEQ_DEBUG=1: the traceback).
+    torch_ref.train uses it (bench.py has its own: it must not import NumPy before it has
+    set the thread count); main() below adds train.py's own cleanup."""
+    try:
+        run(argv)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return 130
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if "--debug" in argv or os.environ.get("SEQ_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"{prog}: unexpected error: {type(e).__name__}: {e} (run with --debug, or SEQ_DEBUG=1, "
+              "for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("SEQ_DEBUG", "") not in ("", "0")

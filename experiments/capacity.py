@@ -56,7 +56,7 @@ def check(a):
 
 def run(a):
     recall.describe(a)
-    print(f"widths: " + "; ".join(f"{n} {f} in {v}" for n, (f, v) in WIDTHS.items() if n in a.models)
+    print("widths: " + "; ".join(f"{n} {f} in {v}" for n, (f, v) in WIDTHS.items() if n in a.models)
           + f"; lr {a.lr} for every run; seed {a.seed}")
     evals = recall.eval_sets(a, a.seed)
     hi = max(a.pairs)

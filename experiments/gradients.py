@@ -110,7 +110,7 @@ def run(a):
             rel = numpy.where(c > 0, c / c[0], numpy.nan)
             ax.plot(numpy.arange(T), rel, color=C.COLORS.get(name, "k"), label=name, lw=1.2)
         ax.set(yscale="log", xlabel="distance k (positions back)",
-               title=f"at initialization" if phase == "init" else f"after {a.iters} iterations")
+               title="at initialization" if phase == "init" else f"after {a.iters} iterations")
     axes[0].set_ylabel("|dL/dx0_{T-1-k}| / |dL/dx0_{T-1}|")
     axes[0].legend(fontsize=7)
     C.save_png(fig, plt, os.path.join(a.out_dir, "gradients.png"))

@@ -12,7 +12,7 @@ import numpy
 import pytest
 
 from gradcheck import check_model, perturb
-from models import MODELS, ROOT, TINY, load, make, to_host
+from models import MODELS, ROOT, TINY, make, to_host
 
 
 def _gpu():

@@ -17,7 +17,6 @@ on stderr, exit status 2 (130 for Ctrl-C, 1 for anything unexpected; --debug
 or SEQ_DEBUG=1 shows the traceback).
 """
 import math
-import os
 import sys
 import time
 
@@ -98,24 +97,9 @@ def run(argv):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
     train.keep_freed_memory()  # the same allocator setting as train.py
-    try:
-        with numpy.errstate(over="ignore", invalid="ignore"):
-            run(argv)
-    except KeyboardInterrupt:
-        print("\ntorch_ref.train: interrupted", file=sys.stderr)
-        return 130
-    except train.UsageError as e:
-        print(f"torch_ref.train: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        if "--debug" in argv or os.environ.get("SEQ_DEBUG", "") not in ("", "0"):
-            raise
-        print(f"torch_ref.train: unexpected error: {type(e).__name__}: {e} (run with --debug, or SEQ_DEBUG=1, "
-              "for the traceback)", file=sys.stderr)
-        return 1
-    return 0
+    with numpy.errstate(over="ignore", invalid="ignore"):
+        return train.guarded("torch_ref.train", run, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
