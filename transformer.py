@@ -135,14 +135,15 @@ def row_mean_vector(x, xp):
 def layernorm_forward(x, w, b, xp):
     """LayerNorm over the last axis, biased variance, eps inside the sqrt (PyTorch's):
     x (N, C) -> y = n * w + b, n = (x - mu) * rstd, rstd = 1 / sqrt(var + eps).
-    Caches n and rstd (N, 1) (and w, and the mean vector); x itself is not needed again."""
+    Caches n and rstd (N, 1) (and w, the mean vector and a vector of N ones); x itself is
+    not needed again."""
     mean = row_mean_vector(x, xp)
     n = x - (x @ mean)[:, None]                    # x - mu
     rstd = 1.0 / xp.sqrt((n * n) @ mean + LN_EPS)[:, None]
     n *= rstd                                      # n = (x - mu) rstd
     y = n * w
     y += b
-    return y, (n, rstd, w, mean)
+    return y, (n, rstd, w, mean, xp.ones(x.shape[0], dtype=x.dtype))
 
 
 def layernorm_backward(dy, cache):
@@ -153,13 +154,18 @@ def layernorm_backward(dy, cache):
     so d rstd / d x_i = -rstd^3 (x_i - mu) / C = -rstd^2 n_i / C). Together
     d n_j / d x_i = rstd (delta_ij - 1/C - n_i n_j / C); summing dn_j times it over j gives
     the line. The mean terms couple all C channels of a row."""
-    n, rstd, w, mean = cache
-    dn = dy * w
-    dx = dn - (dn @ mean)[:, None]
-    dn *= n
-    dx -= n * (dn @ mean)[:, None]
+    n, rstd, w, mean, ones = cache
+    # Row means and column sums as mat-vecs (BLAS) rather than reductions, with
+    # mean(dn) = dy @ (w/C) and mean(dn * n) = (dy * n) @ (w/C): 6 elementwise passes
+    # instead of 9 (backward 1.2 -> 0.9 ms for (2048, 128), interleaved A/B, one thread)
+    w_mean = w * mean                              # w / C
+    dyn = dy * n
+    dw, db = ones @ dyn, ones @ dy                 # dw = sum_r dy_r * n_r, db = sum_r dy_r
+    dx = dy * w                                    # dn
+    dx -= (dy @ w_mean)[:, None]                   # dn - mean(dn)
+    dx -= n * (dyn @ w_mean)[:, None]              # - n mean(dn * n)
     dx *= rstd
-    return dx, (dy * n).sum(0), dy.sum(0)
+    return dx, dw, db
 
 
 def row_blocks(n_rows, n_cols, xp):
