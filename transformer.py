@@ -29,7 +29,8 @@ What it is
   to the recurrent models' fixed-size state.
 - forward() is the training path, parallel over the sequence: every projection
   is one matmul over the (B*T, C) rows; attention is a batched matmul over the
-  (B, n_head) pairs. There is no Python loop over positions or heads.
+  (B, n_head) pairs, in a few causal row blocks of queries (attention_forward).
+  There is no Python loop over positions or heads.
   backward() walks the same lines in reverse.
 - step() is the inference path: one token against the KV cache, O(t) at
   position t (attention over t cached keys) instead of a recompute over the
@@ -37,8 +38,8 @@ What it is
 - Runs on NumPy or CuPy (the `xp` argument), in float32 or float64.
 
 What it is not
-- No flash attention (the (B, nh, T, T) attention matrix is materialised and
-  cached for backward), no rotary/relative positions (pos_emb="none" is the
+- No flash attention (the attention matrix is materialised, its causal row
+  blocks of (B, nh, rows, keys), and cached for backward), no rotary/relative positions (pos_emb="none" is the
   one alternative: no position information at all), no padding mask, no
   weight decay or clipping (train.py does those), no vocab padding.
 
@@ -53,7 +54,8 @@ Shapes (B batch, T time, C = d_model, nh = n_head, hs = C/nh, V vocab, L = n_lay
     W_mo      (C, 4C) (C,)      transformer.h.{i}.mlp.c_proj.{weight,bias}
     ln_1, ln_2, ln_f (C,) (C,)  transformer.h.{i}.ln_1.{weight,bias} ..., transformer.ln_f.{weight,bias}
     q, k, v   (B, nh, T, hs)    Q, K, V of one layer, head-major
-    S, P      (B, nh, T, T)     scores Q K^T / sqrt(hs), and P = softmax_row(S) (causal)
+    S, P      (B, nh, T, T)     scores Q K^T / sqrt(hs), and P = softmax_row(S) (causal; computed
+                                and cached in row blocks, the part above them never computed)
     Y         (B, nh, T, hs)    P V; merged back to y (B*T, C), the input of attn.c_proj
     logits    (B, T, V)
 Linear weights are (out, in) as PyTorch stores them: y = x W^T + b. The residual
