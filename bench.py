@@ -98,8 +98,9 @@ FLOPS = {  # forward multiply-adds per token
     "mamba": _mamba,
     "mamba2": _mamba2,
     # per layer: qkv 3H^2, the output projection H^2, the MLP 8H^2 (4H^2 without it);
-    # attention scores and their weighted sum 2 T H (the full T x T is computed, then
-    # masked); the head tied to wte, H V
+    # attention scores and their weighted sum 2 T H (counted over the full T x T, the
+    # usual convention; transformer.py computes only its causal row blocks, 3/4 of it
+    # at T = 128); the head tied to wte, H V
     "transformer": lambda c, B, T: c.n_layer * ((12 if getattr(c, "mlp", True) else 4) * c.d_model ** 2
                                                 + 2 * T * c.d_model) + c.d_model * c.vocab_size,
 }

@@ -38,10 +38,11 @@ What it is
 - Runs on NumPy or CuPy (the `xp` argument), in float32 or float64.
 
 What it is not
-- No flash attention (the attention matrix is materialised, its causal row
-  blocks of (B, nh, rows, keys), and cached for backward), no rotary/relative positions (pos_emb="none" is the
-  one alternative: no position information at all), no padding mask, no
-  weight decay or clipping (train.py does those), no vocab padding.
+- No flash attention (the attention matrix is materialised, as causal row
+  blocks of (B, nh, rows, keys), and cached for backward), no rotary/relative
+  positions (pos_emb="none" is the one alternative: no position information at
+  all), no padding mask, no weight decay or clipping (train.py does those), no
+  vocab padding.
 
 Shapes (B batch, T time, C = d_model, nh = n_head, hs = C/nh, V vocab, L = n_layer)
     idx       (B, T) int        token ids
