@@ -26,7 +26,7 @@ WIDTHS = {
     "gru": ("d_model", [36, 72, 144]),
     "s4": ("d_state", [16, 64, 256]),
     "mamba": ("d_state", [4, 16, 64]),
-    "mamba2": ("d_model", [32, 64, 128]),
+    "mamba2": ("d_state", [4, 8, 16, 48]),
 }
 DEFAULTS = {k: v for k, v in recall.DEFAULTS.items() if k != "seeds"}
 QUICK_WIDTHS = 2     # --quick trains the first two widths only
@@ -42,9 +42,11 @@ def add_arguments(sp, add):
                         ("--pairs", "numbers of pairs evaluated (the largest is plotted)"),
                         ("--n-keys", "distinct keys (and as many values)"),
                         ("--eval", "evaluation sequences per number of pairs"),
-                        ("--transformer", "'attn' (attention only) or 'mlp'")):
+                        ("--transformer", "'attn' (attention only) or 'mlp'"),
+                        ("--place", "where the pairs sit: 'start' or 'anywhere'"),
+                        ("--mixture", "how the second stage draws K: 'weighted' or 'uniform'")):
         key = flag[2:].replace("-", "_")
-        typ = {"stage1_iters": C.non_negative_int, "lr": C.positive(float), "transformer": str,
+        typ = {"stage1_iters": C.non_negative_int, "lr": C.positive(float), "transformer": str, "place": str, "mixture": str,
                "stage1_pairs": C.int_list, "pairs": C.int_list}.get(key, C.positive(int))
         add(flag, typ, help_)
 

@@ -7,7 +7,11 @@ state has to have squeezed every pair in, so its accuracy should fall as K grows
 The recipe (the same data, curriculum, budget and optimizer for every model):
 - a curriculum of two stages: --stage1-iters at --stage1-len tokens with
   --stage1-pairs pairs (the key-value binding is learned on short, easy rows), then
-  the full mixture: --seq-len tokens, every K from min(--pairs) to max(--pairs);
+  the full mixture: --seq-len tokens, every K from min(--pairs) to max(--pairs),
+  drawn in proportion to K (--mixture weighted): the pairs sit at fixed places, and
+  place j occurs only in rows with K >= j, so with K drawn uniformly the last places
+  are rare, and learned positions left some of them unbound (place 14 and 16 at
+  0.03 for one seed of the transformer, the others at 1.00);
   one learning-rate schedule over both stages (train.get_lr: 10% warm-up, cosine);
 - the evaluation: --eval fresh rows per K in --pairs, the same for every model;
 - the transformer is attention-only by default (--transformer attn, the default
@@ -37,10 +41,11 @@ DEFAULTS = {
     "iters": (3000, 30), "stage1_iters": (1200, 10), "stage1_len": (16, 12), "stage1_pairs": ([2, 3, 4], [2]),
     "batch": (64, 8), "lr": (3e-3, 3e-3), "seq_len": (64, 24), "pairs": ([2, 4, 8, 16], [2, 4]),
     "n_keys": (32, 8), "eval": (256, 16), "seeds": ([0, 1, 2], [0]), "transformer": ("auto", "auto"),
+    "place": ("start", "start"), "mixture": ("weighted", "weighted"),
 }
 
 
-def mqar(rng, batch, seq_len, n_pairs, n_keys=32, n_values=32):
+def mqar(rng, batch, seq_len, n_pairs, n_keys=32, n_values=32, place="start"):
     """Multi-query associative recall (Zoology, section 3.1).
 
     Each row: K key-value pairs  k1 v1 k2 v2 ... kK vK  (keys distinct, values distinct),
@@ -66,8 +71,9 @@ def mqar(rng, batch, seq_len, n_pairs, n_keys=32, n_values=32):
         K = int(choices[rng.integers(len(choices))]) if len(choices) > 1 else choices[0]
         keys = 1 + rng.choice(n_keys, K, replace=False)
         values = 1 + n_keys + rng.choice(n_values, K, replace=False)
-        x[b, 0:2 * K:2], x[b, 1:2 * K:2] = keys, values              # the pairs
-        where = 2 * K + rng.choice(seq_len - 2 * K, K, replace=False)  # query positions
+        o = 0 if place == "start" else int(rng.integers(seq_len - 3 * K + 1))  # where the pairs begin
+        x[b, o:o + 2 * K:2], x[b, o + 1:o + 2 * K:2] = keys, values  # the pairs
+        where = o + 2 * K + rng.choice(seq_len - o - 2 * K, K, replace=False)  # query positions, after them
         order = rng.permutation(K)
         x[b, where], y[b, where], mask[b, where] = keys[order], values[order], True
     return x, y, mask
@@ -85,6 +91,10 @@ def add_arguments(sp, add):
     add("--n-keys", C.positive(int), "distinct keys (and as many values)")
     add("--eval", C.positive(int), "evaluation sequences per number of pairs")
     add("--seeds", C.seed_list, "seeds (data and init), comma-separated")
+    add("--mixture", str, "how the second stage draws K: 'weighted' (in proportion to K, so that the late "
+        "pair places, which only rows with many pairs have, are trained often enough) or 'uniform'")
+    add("--place", str, "where the pairs sit: 'start' (positions 0..2K-1, Zoology's layout) or 'anywhere' "
+        "(the block of pairs starts at a random position, its queries after it)")
     add("--transformer", str, "'attn' (attention only, no MLP), 'mlp' (the SMALL block) or 'auto' (attn if "
         "transformer.py has Config.mlp)")
     sp.add_argument("--sweep-lr", type=C.lr_list, nargs="?", const=SWEEP_GRID, default=None, metavar="LRS",
@@ -94,6 +104,10 @@ def add_arguments(sp, add):
 
 def check(a):
     C.resolve_transformer(a)
+    if a.mixture not in ("weighted", "uniform"):
+        raise C.UsageError(f"--mixture must be 'weighted' or 'uniform', got {a.mixture!r}")
+    if a.place not in ("start", "anywhere"):
+        raise C.UsageError(f"--place must be 'start' or 'anywhere', got {a.place!r}")
     for flag, T, ks in (("--pairs", a.seq_len, a.pairs), ("--stage1-pairs", a.stage1_len, a.stage1_pairs)):
         for K in ks:
             if 3 * K > T or K > a.n_keys:
@@ -116,7 +130,7 @@ def build(name, a, seed, **overrides):
 
 def eval_sets(a, seed, tag=7):
     """One evaluation set per K (tag 7: the test sets; tag 8: the sweep's validation sets)."""
-    return {K: mqar(numpy.random.default_rng([seed, tag, K]), a.eval, a.seq_len, K, a.n_keys, a.n_keys)
+    return {K: mqar(numpy.random.default_rng([seed, tag, K]), a.eval, a.seq_len, K, a.n_keys, a.n_keys, a.place)
             for K in a.pairs}
 
 
@@ -125,24 +139,27 @@ def train_one(model, a, seed, lr, label):
     for every model of a seed. Returns fit's dict; its curve is the accuracy at the
     largest K on 64 held-out rows."""
     rng = numpy.random.default_rng([seed, 1])
-    mixture = list(range(min(a.pairs), max(a.pairs) + 1))
-    stages = [(a.stage1_iters, lambda: mqar(rng, a.batch, a.stage1_len, a.stage1_pairs, a.n_keys, a.n_keys)),
-              (a.iters - a.stage1_iters, lambda: mqar(rng, a.batch, a.seq_len, mixture, a.n_keys, a.n_keys))]
-    probe_set = mqar(numpy.random.default_rng([seed, 9]), 64, a.seq_len, max(a.pairs), a.n_keys, a.n_keys)
+    Ks = range(min(a.pairs), max(a.pairs) + 1)
+    mixture = [K for K in Ks for _ in range(K if a.mixture == "weighted" else 1)]  # mqar draws from this list
+    task = dict(n_keys=a.n_keys, n_values=a.n_keys, place=a.place)
+    stages = [(a.stage1_iters, lambda: mqar(rng, a.batch, a.stage1_len, a.stage1_pairs, **task)),
+              (a.iters - a.stage1_iters, lambda: mqar(rng, a.batch, a.seq_len, mixture, **task))]
+    probe_set = mqar(numpy.random.default_rng([seed, 9]), 64, a.seq_len, max(a.pairs), **task)
     return C.fit(model, [s for s in stages if s[0]], lr, label, lambda m: C.masked_accuracy(m, *probe_set)[0],
                  max(1, a.iters // 10))
 
 
 def accuracy_by_pair(model, x, y, mask):
-    """Accuracy at the queries, by the place j (0-based) of the queried pair in the row:
-    the pairs sit at positions 2j, 2j+1, so with learned positions each place is
-    learned on its own; a place that training rarely reached shows up here."""
+    """Accuracy at the queries, by the place j (0-based) of the queried pair in the row.
+    With --place start the pairs sit at positions 2j, 2j+1, so with learned positions
+    each place is learned on its own; a place that training rarely reached shows up here."""
     logits, _ = model.forward(x)
     ok = logits.argmax(-1) == y
     K = int(mask[0].sum())
     right, count = numpy.zeros(K), numpy.zeros(K)
     for b, t in zip(*numpy.nonzero(mask)):
-        j = int(numpy.flatnonzero(x[b, :2 * K:2] == x[b, t])[0])
+        first = int(numpy.flatnonzero(x[b])[0])                     # the first key of the row
+        j = int(numpy.flatnonzero(x[b, first:first + 2 * K:2] == x[b, t])[0])
         right[j] += ok[b, t]
         count[j] += 1
     return right / numpy.maximum(count, 1)
@@ -151,8 +168,10 @@ def accuracy_by_pair(model, x, y, mask):
 def describe(a):
     print(f"MQAR: {a.n_keys} keys and {a.n_keys} values (vocabulary {vocab_size(a)}); curriculum: "
           f"{a.stage1_iters} iterations at {a.stage1_len} tokens with {a.stage1_pairs} pairs, then "
-          f"{a.iters - a.stage1_iters} at {a.seq_len} tokens with {min(a.pairs)}..{max(a.pairs)} pairs; batch "
-          f"{a.batch}; evaluated at {a.pairs} pairs; the same for every model")
+          f"{a.iters - a.stage1_iters} at {a.seq_len} tokens with {min(a.pairs)}..{max(a.pairs)} pairs ("
+          f"{'drawn in proportion to K' if a.mixture == 'weighted' else 'uniform'}); batch "
+          f"{a.batch}; pairs at the {'start of the row' if a.place == 'start' else 'start of a random block'}; "
+          f"evaluated at {a.pairs} pairs; the same for every model")
 
 
 def sweep(a, seed):

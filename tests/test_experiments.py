@@ -52,6 +52,40 @@ def test_mqar_every_answer_appeared_earlier_as_that_keys_value(pairs):
         assert seen == allowed                                 # the mixture draws every K
 
 
+def test_mqar_anywhere_puts_the_block_of_pairs_at_random_places_and_queries_after_it():
+    n_keys, T = 16, 40
+    x, y, mask = recall.mqar(numpy.random.default_rng(4), 64, T, [2, 5], n_keys, n_keys, place="anywhere")
+    starts = set()
+    for row_x, row_y, row_m in zip(x, y, mask):
+        K = int(row_m.sum())
+        o = int(numpy.flatnonzero(row_x)[0])                     # the first key
+        starts.add(o)
+        assert 0 <= o <= T - 3 * K
+        keys, values = row_x[o:o + 2 * K:2], row_x[o + 1:o + 2 * K:2]
+        assert ((1 <= keys) & (keys <= n_keys)).all() and ((n_keys < values) & (values <= 2 * n_keys)).all()
+        where = numpy.flatnonzero(row_m)
+        assert where.min() >= o + 2 * K and sorted(row_x[where]) == sorted(keys)
+        for p in where:
+            assert row_y[p] == row_x[o + 1 + 2 * int(numpy.flatnonzero(keys == row_x[p])[0])]
+    assert len(starts) > 10                                      # not always the same place
+
+
+def test_weighted_mixture_draws_each_K_in_proportion_to_K(monkeypatch):
+    """--mixture weighted: the second stage draws K with probability K / sum(K)."""
+    a, _ = common.parse(["recall", "--quick", "--iters", "2", "--stage1-iters", "1", "--seq-len", "30",
+                         "--pairs", "2,8", "--n-keys", "8", "--batch", "2000", "--models", "gru"], MODULES)
+    seen = {}
+
+    def fake_fit(model, stages, lr, label, probe=None, probe_every=0):
+        seen["mask"] = numpy.concatenate([stages[1][1]()[2] for _ in range(10)])   # 20,000 rows
+        return dict(loss=0.0, seconds=0.0, diverged=False, curve=[])
+    monkeypatch.setattr(common, "fit", fake_fit)
+    recall.train_one(recall.build("gru", a, 0), a, 0, 1e-3, "test")
+    Ks = seen["mask"].sum(1)
+    for K in range(2, 9):
+        assert abs((Ks == K).mean() - K / 35) < 0.01           # 35 = 2 + 3 + ... + 8; 20000 rows: sd 0.003
+
+
 def test_mqar_is_deterministic_and_rejects_what_does_not_fit():
     a = recall.mqar(numpy.random.default_rng(5), 8, 32, [2, 4], 8, 8)
     b = recall.mqar(numpy.random.default_rng(5), 8, 32, [2, 4], 8, 8)
@@ -259,6 +293,9 @@ def bad_inputs(tmp):
         (["recall", "--seeds", "-5"], "negative seed"),
         (["recall", "--seeds", "a,b"], "seeds not integers"),
         (["recall", "--transformer", "rope"], "unknown transformer variant"),
+        (["recall", "--mixture", "zipf"], "unknown mixture"),
+        (["recall", "--place", "middle"], "unknown place of the pairs"),
+        (["capacity", "--mixture", "x"], "capacity: unknown mixture"),
         (["recall", "--batch", "100000000000"], "batch whose memory cannot fit"),
         (["recall", "--iters", "2.5"], "fractional iterations"),
         (["capacity", "--seed", "x"], "seed not an integer"),
