@@ -11,7 +11,9 @@ The recipe (the same data, curriculum, budget and optimizer for every model):
   drawn in proportion to K (--mixture weighted): the pairs sit at fixed places, and
   place j occurs only in rows with K >= j, so with K drawn uniformly the last places
   are rare, and learned positions left some of them unbound (place 14 and 16 at
-  0.03 for one seed of the transformer, the others at 1.00);
+  0.03 for one seed of the transformer, the others at 1.00); weighting makes that
+  rarer, not impossible (--place anywhere, the block of pairs at a random place,
+  moves the rare places to the start of the row instead);
   one learning-rate schedule over both stages (train.get_lr: 10% warm-up, cosine);
 - the evaluation: --eval fresh rows per K in --pairs, the same for every model;
 - the transformer is attention-only by default (--transformer attn, the default
@@ -53,7 +55,9 @@ def mqar(rng, batch, seq_len, n_pairs, n_keys=32, n_values=32, place="start"):
     positions; the other positions hold the filler token 0. At a query position the
     target is that key's value from the pairs; only those K positions count
     (mask True). Vocabulary: 0 filler, keys 1..n_keys, values n_keys+1..n_keys+n_values.
-    n_pairs: an int, or a list from which each row draws its K.
+    n_pairs: an int, or a list from which each row draws its K (a K listed twice is
+    drawn twice as often). place="anywhere": the block of pairs starts at a random
+    position o (o <= T - 3K), the fillers before it, the queries after it.
     Returns x, y (B, T) int64 and mask (B, T) bool.
 
     Zoology's generator differs in two details: its query gaps follow a power law
