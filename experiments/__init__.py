@@ -9,6 +9,7 @@
     python -m experiments gradients   # |dL_T / dx_{T-k}| against the distance k: vanishing gradients
     python -m experiments recall --quick          # a smoke test of a few seconds (its numbers mean nothing)
     python -m experiments recall --help           # every flag of one experiment
+    python -m experiments recall --device gpu     # the models on CuPy (recall, capacity, copy, induction, length)
 
 Run it from the repository root (it imports the model files and train.py from
 there). It is a package, one module per experiment plus common.py (the models,
@@ -35,6 +36,9 @@ What every experiment shares
   (betas 0.9/0.99, weight decay 0.1 on matrices, by train.py's rule), gradient
   clipping at 1.0, and the same batches (each model's data stream starts from the
   same seed). recall's --sweep-lr picks one rate per model family by a printed sweep.
+- --device gpu builds the models on CuPy (common.XP); the tasks are generated on
+  the host, fit() uploads each batch, and only what is measured (argmax, losses)
+  comes back. cost and gradients stay on the CPU (tracemalloc, float64).
 - float32 everywhere, except the gradient measurement (float64 copies of the
   trained float32 models, so that a gradient of 1e-40 is still a number).
 - State bytes: the sum of .nbytes over the arrays of the state that .step returns

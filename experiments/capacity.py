@@ -29,6 +29,7 @@ WIDTHS = {
     "mamba": ("d_state", [4, 16, 64]),
     "mamba2": ("d_state", [4, 16, 48]),
 }
+DEVICE = True      # --device gpu
 DEFAULTS = {k: v for k, v in recall.DEFAULTS.items() if k != "seeds"}
 QUICK_WIDTHS = 2     # --quick trains the first two widths only
 

@@ -55,6 +55,24 @@ class UsageError(train.UsageError):
     """Bad input: one line on stderr, exit status 2."""
 
 
+# ---------------------------------------------------------------------- device
+# The array module of every model built here: NumPy, or CuPy after --device gpu
+# (main sets it once). The data are made on the host with NumPy; fit() uploads each
+# batch, and what is measured comes back through to_host().
+XP = numpy
+
+
+def use_device(device):
+    """Build the models on 'cpu' (NumPy) or 'gpu' (CuPy; UsageError when there is none)."""
+    global XP
+    XP = train.get_xp(device)[0]
+
+
+def to_host(a):
+    """A device array as a NumPy array (CuPy's have .get()); host arrays pass through."""
+    return a.get() if hasattr(a, "get") else a
+
+
 # ---------------------------------------------------------------------- models
 def has_mlp_option():
     """Whether transformer.py's Config can drop the MLP block (Config.mlp)."""
@@ -66,7 +84,7 @@ def make_model(name, vocab_size, seed=0, dtype=numpy.float32, **overrides):
     """A model of the SMALL config (plus overrides) through the protocol."""
     module = importlib.import_module(name)
     cfg = module.Config(**{**SMALL[name], **overrides, "vocab_size": vocab_size})
-    return module.Model(cfg, dtype=dtype, seed=seed)
+    return module.Model(cfg, xp=XP, dtype=dtype, seed=seed)
 
 
 def transformer_overrides(kind):
@@ -118,10 +136,10 @@ def state_nbytes(state):
 
 def state_bytes_after(model, n_tokens, vocab_size, seed=0):
     """State bytes per sequence after stepping n_tokens random tokens at batch 1."""
-    tokens = numpy.random.default_rng(seed).integers(0, vocab_size, n_tokens)
+    tokens = XP.asarray(numpy.random.default_rng(seed).integers(0, vocab_size, n_tokens))
     state = model.init_state(1)
-    for t in tokens:
-        _, state = model.step(numpy.array([t]), state)
+    for t in range(n_tokens):
+        _, state = model.step(tokens[t:t + 1], state)
     return state_nbytes(state)
 
 
@@ -153,7 +171,7 @@ class Masked:
 
     def backward(self, dlogits, cache):
         cache, shape, dtype = cache
-        full = numpy.zeros(shape, dtype)
+        full = self.model.xp.zeros(shape, dtype)
         full[self.mask] = dlogits[0]
         return self.model.backward(full, cache)
 
@@ -179,12 +197,12 @@ def fit(model, stages, lr, label, probe=None, probe_every=0):
     losses, curve, t0, it = [], [], time.perf_counter(), 0
     for n, sample in stages:
         for _ in range(n):
-            x, y, mask = sample()
+            x, y, mask = (None if a is None else XP.asarray(a) for a in sample())   # to the device
             lr_it = train.get_lr(it, lr, lr / 10, warmup, iters)
             if mask is None:
-                loss, _ = train.train_step(model, opt, x, y, lr_it, GRAD_CLIP)
+                loss, _ = train.train_step(model, opt, x, y, lr_it, GRAD_CLIP, XP)
             else:
-                loss, _ = train.train_step(Masked(model, mask), opt, x, y[mask][None], lr_it, GRAD_CLIP)
+                loss, _ = train.train_step(Masked(model, mask), opt, x, y[mask][None], lr_it, GRAD_CLIP, XP)
             loss = float(loss)
             if not math.isfinite(loss):
                 print(f"  {label}: the loss is {loss} at iteration {it}: diverged, training stops here")
@@ -209,15 +227,15 @@ def masked_accuracy(model, x, y, mask, chunk=64):
     right, per_row = 0, []
     for s in range(0, len(x), chunk):
         logits, _ = model.forward(x[s:s + chunk])
-        ok = (logits.argmax(-1) == y[s:s + chunk]) & mask[s:s + chunk]
+        ok = (to_host(logits.argmax(-1)) == y[s:s + chunk]) & mask[s:s + chunk]
         right += int(ok.sum())
         per_row.extend(ok.sum(1) / mask[s:s + chunk].sum(1))
     return right / int(mask.sum()), numpy.array(per_row)
 
 
 def token_losses(logits, y):
-    """Cross-entropy at every position (B, T), in float64 (no mean)."""
-    z = logits.astype(numpy.float64)
+    """Cross-entropy at every position (B, T), in float64 (no mean), on the host."""
+    z = to_host(logits).astype(numpy.float64)
     m = z.max(-1, keepdims=True)
     lse = m[..., 0] + numpy.log(numpy.exp(z - m).sum(-1))
     return lse - numpy.take_along_axis(z, y[..., None], -1)[..., 0]
@@ -391,6 +409,10 @@ def build_parser(modules):
         sp.add_argument("--models", type=model_list, default=list(MODELS),
                         help="comma-separated subset of " + ",".join(MODELS) + " (default all)")
         sp.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+        if getattr(mod, "DEVICE", False):
+            sp.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                            help="NumPy on the CPU, or CuPy on a GPU (the same runs; a GPU affords larger "
+                            "--iters)")
         if not getattr(mod, "SEEDS", False):
             sp.add_argument("--seed", type=non_negative_int, default=0,
                             help="seed of the data and the inits (default 0)")
@@ -451,6 +473,7 @@ def main(modules, argv=None):
     debug = "--debug" in argv or os.environ.get("SEQ_DEBUG", "") not in ("", "0")
     try:
         a, mod = parse(argv, modules)
+        use_device(getattr(a, "device", "cpu"))
         prepare_out_dir(a.out_dir)
         t0 = time.perf_counter()
         if a.quick:

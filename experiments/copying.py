@@ -19,6 +19,7 @@ HELP = "selective copying: S4 (time-invariant) vs Mamba (selective), plain copyi
 DESCRIPTION = ("Selective copying (Gu & Dao 2023): content tokens scattered among noise, reproduced in "
                "order after a marker. Token accuracy per model, plus plain copying as a control for "
                "--control models. Writes copy.csv and copy.png.")
+DEVICE = True      # --device gpu
 DEFAULTS = {"iters": (2500, 30), "batch": (32, 8), "lr": (3e-3, 3e-3), "region": (64, 16), "tokens": (8, 4),
             "content": (8, 4), "eval": (256, 16), "control": (["s4"], ["s4"])}
 COPY_BLANK, COPY_MARKER = 0, 1

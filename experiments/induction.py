@@ -22,6 +22,7 @@ DESCRIPTION = ("The induction-heads task of the Mamba paper: a special token, a 
                "token again -> the target. Trained at --seq-len, evaluated at each of --factors times it. "
                "The transformer runs twice: learned positions (stops at block_size) and pos_emb='none'. "
                "Writes induction.csv and induction.png.")
+DEVICE = True      # --device gpu
 DEFAULTS = {"iters": (2000, 30), "stage1_iters": (600, 10), "stage1_len": (16, 8), "batch": (32, 8), "lr": (3e-3, 3e-3), "seq_len": (64, 16),
             "symbols": (16, 8), "factors": ([1, 2, 4, 8, 16], [1, 2, 4]), "eval": (128, 16),
             "transformer": ("auto", "auto")}

@@ -19,6 +19,7 @@ DESCRIPTION = ("Train the char LM on windows of --seq-len, then the mean loss pe
                "--factor times longer. The transformer runs twice: learned positions (cannot pass block_size; "
                "also shown on a sliding window) and pos_emb='none'. Writes length.csv, length_positions.csv "
                "and length.png.")
+DEVICE = True      # --device gpu
 DEFAULTS = {"iters": (300, 15), "batch": (16, 4), "lr": (3e-3, 3e-3), "seq_len": (128, 32), "factor": (8, 4),
             "eval": (64, 8)}
 

@@ -38,6 +38,7 @@ DESCRIPTION = ("MQAR (Zoology): K key-value pairs, then each key again; the mode
                "recall.csv, recall_curve.csv (accuracy at the largest K during training), recall_places.csv "
                "(accuracy at the largest K by the queried pair's place), recall_sweep.csv and recall.png.")
 SEEDS = True
+DEVICE = True      # --device gpu
 SWEEP_GRID = [1e-3, 3e-3, 1e-2]
 DEFAULTS = {
     "iters": (3000, 30), "stage1_iters": (1200, 10), "stage1_len": (16, 12), "stage1_pairs": ([2, 3, 4], [2]),
@@ -158,7 +159,7 @@ def accuracy_by_pair(model, x, y, mask):
     With --place start the pairs sit at positions 2j, 2j+1, so with learned positions
     each place is learned on its own; a place that training rarely reached shows up here."""
     logits, _ = model.forward(x)
-    ok = logits.argmax(-1) == y
+    ok = C.to_host(logits.argmax(-1)) == y
     K = int(mask[0].sum())
     right, count = numpy.zeros(K), numpy.zeros(K)
     for b, t in zip(*numpy.nonzero(mask)):

@@ -383,3 +383,40 @@ def test_accuracy_by_pair_place_averages_to_the_accuracy():
     y2[mask] = model.forward(x)[0].argmax(-1)[mask]             # a model that is always right
     y2[:, :] = numpy.where(mask, y2, 0)
     assert (recall.accuracy_by_pair(model, x, y2, mask) == 1).all()
+
+
+DEVICE_COMMANDS = [m.NAME for m in MODULES if getattr(m, "DEVICE", False)]
+
+
+@pytest.mark.parametrize("command", DEVICE_COMMANDS)
+def test_device_gpu_keeps_host_and_device_apart(command, tmp_path, monkeypatch, capsys):
+    """--device gpu with the CuPy stand-in of tests/strict_xp.py, which raises on any NumPy
+    array that meets a device array: every model trains and is measured on the "device",
+    the batches go up through fit() and the measurements come back through to_host()."""
+    import strict_xp
+    monkeypatch.setattr(train, "get_xp", lambda device: (strict_xp.xp, strict_xp.xp.asnumpy)
+                        if device == "gpu" else (numpy, lambda a: a))
+    built = []
+    make = common.make_model
+    monkeypatch.setattr(common, "make_model", lambda *a, **k: built.append(make(*a, **k)) or built[-1])
+    rc = common.main(MODULES, [command, "--quick", "--device", "gpu", "--out-dir", str(tmp_path / "res")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert built and all(isinstance(p, strict_xp.StrictArray) for m in built for p in m.params.values())
+    name = EXPECT[command][0]
+    assert set(common.MODELS) <= {r["model"].split("-")[0] for r in read_csv(tmp_path / "res" / name)}
+    assert common.XP is strict_xp.xp
+    common.use_device("cpu")
+    assert common.XP is numpy
+
+
+def test_device_gpu_without_cupy_is_one_line(tmp_path, monkeypatch, capsys):
+    def no_gpu(device):
+        if device == "gpu":
+            raise train.UsageError("--device gpu needs CuPy and a CUDA GPU (test); use --device cpu")
+        return numpy, (lambda a: a)
+    monkeypatch.setattr(train, "get_xp", no_gpu)
+    rc = common.main(MODULES, ["recall", "--quick", "--device", "gpu", "--out-dir", str(tmp_path / "res")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--device gpu needs CuPy" in err
+    assert not (tmp_path / "res").exists()
