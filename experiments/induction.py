@@ -126,16 +126,23 @@ def run(a):
         else:
             print(f"- {label}: {first:.3f} at {T} -> {last:.3f} at {longest} "
                   f"({'holds' if first > 0.5 and last >= first - 0.05 else 'does not hold' if first > 0.5 else 'not learned at the training length'})")
+    plot(rows, T, a.symbols, a.out_dir)
+
+
+def plot(rows, T, symbols, out_dir):
+    """induction.png from the rows of induction.csv (model, length, factor, accuracy, ...;
+    accuracy '' where the model cannot run), so that the CSVs of several runs can be joined."""
     plt = C.pyplot()
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for label in models:
-        pts = [(L, table[label, L]) for L in lengths if table[label, L] != ""]
+    for label in dict.fromkeys(r[0] for r in rows):
+        pts = [(int(r[1]), float(r[3])) for r in rows if r[0] == label and r[3] != ""]
         ax.plot(*zip(*pts), "o-", color=C.COLORS.get(label, "k"), label=label, ms=4)
-    ax.axhline(1 / a.symbols, color="k", lw=0.8, ls=":", label="chance")
+    lengths = sorted({int(r[1]) for r in rows})
+    ax.axhline(1 / symbols, color="k", lw=0.8, ls=":", label="chance")
     ax.axvline(T, color="k", lw=0.6, ls="--")
     ax.set(xlabel="evaluation length", ylabel="accuracy", ylim=(-0.03, 1.03), title=f"induction, trained at {T}")
     C.log_ticks(ax, lengths)
     ax.legend(fontsize=7)
-    C.save_png(fig, plt, os.path.join(a.out_dir, "induction.png"))
+    C.save_png(fig, plt, os.path.join(out_dir, "induction.png"))
