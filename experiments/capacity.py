@@ -95,16 +95,23 @@ def run(a):
             rises = pts[-1][1] > pts[0][1] + 0.02
             print(f"- {name}: {pts[0][1]:.3f} at {pts[0][0]:,} B -> {pts[-1][1]:.3f} at {pts[-1][0]:,} B "
                   f"-> {C.verdict(rises)}")
+    plot(rows, hi, a.seq_len, a.out_dir)
+
+
+def plot(rows, hi, seq_len, out_dir):
+    """capacity.png from the rows of capacity.csv (model, setting, params, state bytes,
+    accuracy at the largest K, ...), so that the CSVs of several runs can be joined."""
     plt = C.pyplot()
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for name in a.models:
-        pts = sorted((r[3], r[4]) for r in rows if r[0] == name)
-        style = "*" if name == "transformer" else "o-"
-        ax.plot(*zip(*pts), style, color=C.COLORS.get(name, "k"), label=name, ms=9 if name == "transformer" else 4)
+    for name in dict.fromkeys(r[0] for r in rows):
+        pts = sorted((int(r[3]), float(r[4])) for r in rows if r[0] == name)
+        attn = name.startswith("transformer")
+        ax.plot(*zip(*pts), "*" if attn else "o-", color=C.COLORS.get(name.split()[0], "k"), label=name,
+                ms=9 if attn else 4)
     ax.axhline(1 / hi, color="k", lw=0.8, ls=":", label=f"1/{hi}")
-    ax.set(xscale="log", xlabel=f"state bytes per sequence (T={a.seq_len})", ylabel=f"accuracy, {hi} pairs",
+    ax.set(xscale="log", xlabel=f"state bytes per sequence (T={seq_len})", ylabel=f"accuracy, {hi} pairs",
            ylim=(-0.03, 1.03), title="MQAR accuracy vs memory")
     ax.legend(fontsize=7)
-    C.save_png(fig, plt, os.path.join(a.out_dir, "capacity.png"))
+    C.save_png(fig, plt, os.path.join(out_dir, "capacity.png"))
