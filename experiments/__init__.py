@@ -26,7 +26,7 @@ requirements.txt), a small PNG next to it.
 
 What every experiment shares
 - The models are used only through the project's protocol: Config, Model(cfg,
-  dtype=, seed=), .params, .forward, .backward (and cache["dx0"]), .init_state,
+  xp=, dtype=, seed=), .params, .forward, .backward (and cache["dx0"]), .init_state,
   .step; the loss, AdamW, clipping, schedule and training step are train.py's.
 - Small configs of comparable size (common.SMALL: about 63-66K parameters besides
   the embedding and head, 2 layers each), so that the models train in minutes on

@@ -4,7 +4,7 @@ argument parsing and the top-level guard (main).
 
 The conventions (the package docstring says more):
 - the models are used only through the project's protocol: Config, Model(cfg,
-  dtype=, seed=), .params, .forward, .backward (and cache["dx0"]), .init_state,
+  xp=, dtype=, seed=), .params, .forward, .backward (and cache["dx0"]), .init_state,
   .step; the loss, AdamW, clipping, schedule and the training step are train.py's;
 - every model of an experiment gets the same data, budget, schedule and optimizer;
 - bad input ends with one line on stderr and exit status 2, before anything is written.

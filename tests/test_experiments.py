@@ -394,6 +394,7 @@ def test_device_gpu_keeps_host_and_device_apart(command, tmp_path, monkeypatch, 
     array that meets a device array: every model trains and is measured on the "device",
     the batches go up through fit() and the measurements come back through to_host()."""
     import strict_xp
+    monkeypatch.setattr(common, "XP", numpy)        # restored after the test, whatever happens
     monkeypatch.setattr(train, "get_xp", lambda device: (strict_xp.xp, strict_xp.xp.asnumpy)
                         if device == "gpu" else (numpy, lambda a: a))
     built = []
