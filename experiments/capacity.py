@@ -30,7 +30,7 @@ WIDTHS = {
     "mamba2": ("d_state", [4, 16, 48]),
 }
 DEVICE = True      # --device gpu
-DEFAULTS = {k: v for k, v in recall.DEFAULTS.items() if k != "seeds"}
+DEFAULTS = {**{k: v for k, v in recall.DEFAULTS.items() if k != "seeds"}, "widths": (None, None)}
 QUICK_WIDTHS = 2     # --quick trains the first two widths only
 
 
@@ -51,16 +51,21 @@ def add_arguments(sp, add):
         typ = {"stage1_iters": C.non_negative_int, "lr": C.positive(float), "transformer": str, "place": str, "mixture": str,
                "stage1_pairs": C.int_list, "pairs": C.int_list}.get(key, C.positive(int))
         add(flag, typ, help_)
+    sp.add_argument("--widths", type=C.int_list, default=None, metavar="V,V,...",
+                    help="values of the width field (WIDTHS: d_model or d_state) for every fixed-state model "
+                    "named, instead of WIDTHS' three")
 
 
 def check(a):
     a.seeds = [a.seed]
     recall.check(a)
+    if a.widths and not any(n in WIDTHS for n in a.models):
+        raise C.UsageError("--widths needs a fixed-state model in --models (" + ",".join(WIDTHS) + ")")
 
 
 def run(a):
     recall.describe(a)
-    print("widths: " + "; ".join(f"{n} {f} in {v}" for n, (f, v) in WIDTHS.items() if n in a.models)
+    print("widths: " + "; ".join(f"{n} {f} in {a.widths or v}" for n, (f, v) in WIDTHS.items() if n in a.models)
           + f"; lr {a.lr} for every run; seed {a.seed}")
     evals = recall.eval_sets(a, a.seed)
     hi = max(a.pairs)
@@ -69,7 +74,7 @@ def run(a):
         if name == "transformer":
             settings = [("kv cache", {})]
         else:
-            field, values = WIDTHS[name]
+            field, values = WIDTHS[name][0], a.widths or WIDTHS[name][1]
             settings = [(f"{field}={v}", {field: v}) for v in values[:QUICK_WIDTHS if a.quick else None]]
         for label, over in settings:
             model = recall.build(name, a, a.seed, **over)

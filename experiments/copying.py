@@ -20,7 +20,7 @@ DESCRIPTION = ("Selective copying (Gu & Dao 2023): content tokens scattered amon
                "order after a marker. Token accuracy per model, plus plain copying as a control for "
                "--control models. Writes copy.csv and copy.png.")
 DEVICE = True      # --device gpu
-DEFAULTS = {"iters": (2500, 30), "batch": (32, 8), "lr": (3e-3, 3e-3), "region": (64, 16), "tokens": (8, 4),
+DEFAULTS = {"iters": (2500, 30), "stage1_iters": (0, 0), "stage1_region": (64, 16), "batch": (32, 8), "lr": (3e-3, 3e-3), "region": (64, 16), "tokens": (8, 4),
             "content": (8, 4), "eval": (256, 16), "control": (["s4"], ["s4"])}
 COPY_BLANK, COPY_MARKER = 0, 1
 
@@ -52,7 +52,10 @@ def selective_copy(rng, batch, n_region, n_tokens, n_content, selective=True):
 
 
 def add_arguments(sp, add):
-    add("--iters", C.positive(int), "training iterations, every model")
+    add("--iters", C.positive(int), "training iterations in all, every model")
+    add("--stage1-iters", C.non_negative_int, "iterations of a first stage on the shorter --stage1-region "
+        "(0: none)")
+    add("--stage1-region", C.positive(int), "positions before the marker in the first stage")
     add("--batch", C.positive(int), "sequences per batch")
     add("--lr", C.positive(float), "peak learning rate, every model")
     add("--region", C.positive(int), "positions before the marker")
@@ -65,6 +68,11 @@ def add_arguments(sp, add):
 def check(a):
     if a.tokens > a.region:
         raise C.UsageError(f"--tokens {a.tokens} must not exceed --region {a.region}")
+    if a.stage1_iters and not a.tokens <= a.stage1_region <= a.region:
+        raise C.UsageError(f"--stage1-region {a.stage1_region} must lie between --tokens {a.tokens} and "
+                           f"--region {a.region}")
+    if a.stage1_iters >= a.iters:
+        raise C.UsageError(f"--stage1-iters {a.stage1_iters} must be below --iters {a.iters}")
     C.check_memory(f"--batch {a.batch} x {a.region + a.tokens} tokens",
                    C.activation_bytes(max(a.batch, 64), a.region + a.tokens, "transformer" in a.models))
 
@@ -74,6 +82,9 @@ def run(a):
     print(f"selective copying: {a.tokens} content tokens ({a.content} symbols) among {a.region - a.tokens} "
           f"noise tokens, then a marker; the model outputs the {a.tokens} tokens in order (sequence length "
           f"{T}, vocabulary {vocab}); {a.iters} iterations x batch {a.batch}, lr {a.lr}, for every model")
+    if a.stage1_iters:
+        print(f"curriculum: the first {a.stage1_iters} iterations with a region of {a.stage1_region} positions, "
+              f"then {a.iters - a.stage1_iters} with {a.region}")
     runs = [(n, True) for n in a.models] + [(n, False) for n in a.control if n in a.models]
     models = {(n, sel): C.make_model(n, vocab, a.seed, **({"block_size": T} if n == "transformer" else {}))
               for n, sel in runs}
@@ -87,8 +98,9 @@ def run(a):
     for (name, sel), model in models.items():
         task = "selective" if sel else "plain"
         rng = numpy.random.default_rng([a.seed, 1])
-        sample = lambda: selective_copy(rng, a.batch, a.region, a.tokens, a.content, selective=sel)  # noqa: E731
-        fitted = C.fit(model, [(a.iters, sample)], a.lr, f"copy {name} ({task})")
+        stages = [(n, lambda r=r, sel=sel: selective_copy(rng, a.batch, r, a.tokens, a.content, selective=sel))
+                  for n, r in ((a.stage1_iters, a.stage1_region), (a.iters - a.stage1_iters, a.region)) if n]
+        fitted = C.fit(model, stages, a.lr, f"copy {name} ({task})")
         acc, per_row = C.masked_accuracy(model, *evals[sel])
         exact = float((per_row == 1).mean())
         rows.append([name, task, C.count_params(model)[0], acc, exact, fitted["loss"], fitted["seconds"],

@@ -117,6 +117,24 @@ def test_curriculum_feeds_short_rows_first_then_the_full_mixture(monkeypatch, tm
 
 
 # ----------------------------------------------------------------- selective copy
+def test_copy_curriculum_trains_the_short_region_first(monkeypatch, tmp_path):
+    """--stage1-iters N --stage1-region R: fit gets N iterations at R positions, then the rest at --region."""
+    a, _ = common.parse(["copy", "--quick", "--iters", "20", "--stage1-iters", "8", "--stage1-region", "10",
+                         "--region", "30", "--tokens", "4", "--models", "s4", "--control", "none",
+                         "--out-dir", str(tmp_path)], MODULES)
+    seen = []
+
+    def fake_fit(model, stages, lr, label, probe=None, probe_every=0):
+        seen.append([(n, sample()) for n, sample in stages])
+        return dict(loss=0.0, seconds=0.0, diverged=False, curve=[])
+    monkeypatch.setattr(common, "fit", fake_fit)
+    copying.run(a)
+    [((n1, (x1, _, m1)), (n2, (x2, _, m2)))] = seen
+    assert (n1, n2) == (8, 12)
+    assert x1.shape[1] == 10 + 4 and x2.shape[1] == 30 + 4
+    assert (m1.sum(1) == 4).all() and (m2.sum(1) == 4).all()
+
+
 @pytest.mark.parametrize("selective", [True, False])
 def test_copy_targets_are_the_content_tokens_in_order(selective):
     region, n, content = 30, 6, 5
@@ -232,6 +250,15 @@ def test_capacity_state_grows_with_width_and_induction_marks_what_cannot_run(tmp
     assert all(r["accuracy"] for r in rows if r["model"] in ("mamba", "transformer-nopos"))
 
 
+def test_capacity_widths_replace_the_default_widths(tmp_path):
+    rc, out, err = run("capacity", "--quick", "--models", "lstm", "--widths", "8,12", "--out-dir", tmp_path,
+                       cwd=tmp_path)
+    assert rc == 0, err
+    rows = read_csv(tmp_path / "capacity.csv")
+    assert [r["setting"] for r in rows] == ["d_model=8", "d_model=12"]
+    assert [int(r["state_bytes"]) for r in rows] == [2 * 2 * 8 * 4, 2 * 2 * 12 * 4]   # 2 layers x (h, c)
+
+
 def test_sweep_keeps_the_rate_with_the_best_validation_accuracy(tmp_path):
     rc, out, err = run("recall", "--quick", "--models", "gru,transformer", "--sweep-lr", "1e-3,1e-2",
                        "--seeds", "0,1", "--out-dir", tmp_path, cwd=tmp_path)
@@ -303,6 +330,11 @@ def bad_inputs(tmp):
         (["copy", "--region", "4", "--tokens", "8"], "more tokens than positions"),
         (["copy", "--control", "foo"], "unknown control model"),
         (["copy", "--content", "0"], "no content symbols"),
+        (["copy", "--stage1-iters", "10", "--stage1-region", "4"], "copy stage 1 shorter than the tokens"),
+        (["copy", "--stage1-iters", "10", "--stage1-region", "100"], "copy stage 1 longer than the region"),
+        (["copy", "--stage1-iters", "2500"], "copy stage 1 as long as the run"),
+        (["capacity", "--models", "transformer", "--widths", "8"], "widths with no fixed-state model"),
+        (["capacity", "--widths", "0"], "zero width"),
         (["induction", "--seq-len", "2"], "induction too short"),
         (["induction", "--factors", "0"], "zero factor"),
         (["induction", "--seq-len", "1000000", "--factors", "64"], "evaluation that cannot fit"),
