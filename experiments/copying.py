@@ -7,6 +7,11 @@ skip the noise, which sits at different places in every row; a selective one
 the start, a fixed delay) is the control that a time-invariant model does solve.
 The GRU stays in: its update gate is an input-dependent keep-or-overwrite decision,
 a selection mechanism of its own.
+
+The default region is 256 positions (with a region of 64, S4 still copied 0.82 of
+the tokens; with 256, 0.60), with a curriculum: the first 1000 of 2500 iterations
+on a region of 64, where the selection is found quickly, then 256. Without that
+first stage Mamba had not learned region 256 in 2500 iterations (0.24).
 """
 import os
 
@@ -20,7 +25,8 @@ DESCRIPTION = ("Selective copying (Gu & Dao 2023): content tokens scattered amon
                "order after a marker. Token accuracy per model, plus plain copying as a control for "
                "--control models. Writes copy.csv and copy.png.")
 DEVICE = True      # --device gpu
-DEFAULTS = {"iters": (2500, 30), "stage1_iters": (0, 0), "stage1_region": (64, 16), "batch": (32, 8), "lr": (3e-3, 3e-3), "region": (64, 16), "tokens": (8, 4),
+DEFAULTS = {"iters": (2500, 30), "stage1_iters": (1000, 10), "stage1_region": (64, 8), "batch": (32, 8),
+            "lr": (3e-3, 3e-3), "region": (256, 16), "tokens": (8, 4),
             "content": (8, 4), "eval": (256, 16), "control": (["s4"], ["s4"])}
 COPY_BLANK, COPY_MARKER = 0, 1
 
@@ -70,7 +76,7 @@ def check(a):
         raise C.UsageError(f"--tokens {a.tokens} must not exceed --region {a.region}")
     if a.stage1_iters and not a.tokens <= a.stage1_region <= a.region:
         raise C.UsageError(f"--stage1-region {a.stage1_region} must lie between --tokens {a.tokens} and "
-                           f"--region {a.region}")
+                           f"--region {a.region} (or --stage1-iters 0: no first stage)")
     if a.stage1_iters >= a.iters:
         raise C.UsageError(f"--stage1-iters {a.stage1_iters} must be below --iters {a.iters}")
     C.check_memory(f"--batch {a.batch} x {a.region + a.tokens} tokens",

@@ -331,7 +331,7 @@ def bad_inputs(tmp):
         (["copy", "--control", "foo"], "unknown control model"),
         (["copy", "--content", "0"], "no content symbols"),
         (["copy", "--stage1-iters", "10", "--stage1-region", "4"], "copy stage 1 shorter than the tokens"),
-        (["copy", "--stage1-iters", "10", "--stage1-region", "100"], "copy stage 1 longer than the region"),
+        (["copy", "--region", "32"], "copy region below the first stage's"),
         (["copy", "--stage1-iters", "2500"], "copy stage 1 as long as the run"),
         (["capacity", "--models", "transformer", "--widths", "8"], "widths with no fixed-state model"),
         (["capacity", "--widths", "0"], "zero width"),
