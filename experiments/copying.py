@@ -135,9 +135,16 @@ def run(a):
     print(f"  ({a.iters} iterations at one learning rate for every model on sequences of {T} tokens; the "
           "paper trains 400K steps on 4096. The S4 here is S4D with a GLU after the convolution: the GLU "
           "gates channels, but the convolution itself cannot depend on the input.)")
+    plot(rows, a.tokens, T, a.content, a.out_dir)
+
+
+def plot(rows, n_tokens, T, n_content, out_dir):
+    """copy.png from the rows of copy.csv (model, task, params, token accuracy, ...), so
+    that the CSVs of several runs can be joined."""
     plt = C.pyplot()
     if plt is None:
         return
+    acc = {(r[0], r[1]): float(r[3]) for r in rows}
     fig, ax = plt.subplots(figsize=(6, 3))
     names = list(dict.fromkeys(r[0] for r in rows))
     xs = numpy.arange(len(names))
@@ -145,9 +152,9 @@ def run(a):
            color=[C.COLORS.get(n, "k") for n in names])
     ax.bar(xs + 0.2, [acc.get((n, "plain"), numpy.nan) for n in names], 0.4, label="plain copying (control)",
            color="white", edgecolor=[C.COLORS.get(n, "k") for n in names], hatch="//")
-    ax.axhline(1 / a.content, color="k", lw=0.8, ls=":", label="chance")
+    ax.axhline(1 / n_content, color="k", lw=0.8, ls=":", label="chance")
     ax.set_xticks(xs)
     ax.set_xticklabels(names, fontsize=8)
-    ax.set(ylabel="token accuracy", ylim=(0, 1.05), title=f"copying {a.tokens} tokens over {T} positions")
+    ax.set(ylabel="token accuracy", ylim=(0, 1.05), title=f"copying {n_tokens} tokens over {T} positions")
     ax.legend(fontsize=7)
-    C.save_png(fig, plt, os.path.join(a.out_dir, "copy.png"))
+    C.save_png(fig, plt, os.path.join(out_dir, "copy.png"))
