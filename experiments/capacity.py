@@ -8,8 +8,13 @@ whose KV cache holds the whole sequence, is the reference point. A fixed state
 should recall more pairs the larger it is; attention should recall them all, at
 the price of a cache that grows with the sequence.
 """
+import importlib
 import os
 import time
+
+import numpy
+
+import train
 
 from . import common as C
 from . import recall
@@ -61,6 +66,26 @@ def check(a):
     recall.check(a)
     if a.widths and not any(n in WIDTHS for n in a.models):
         raise C.UsageError("--widths needs a fixed-state model in --models (" + ",".join(WIDTHS) + ")")
+    for name in (n for n in a.models if a.widths and n in WIDTHS):
+        check_width(name, a)
+
+
+def check_width(name, a):
+    """Each --widths value must give a config the model accepts and whose training fits in
+    memory: refused here, before anything is trained or written."""
+    module = importlib.import_module(name)
+    field = WIDTHS[name][0]
+    for v in a.widths:
+        cfg = module.Config(**{**C.SMALL[name], field: v, "vocab_size": recall.vocab_size(a)})
+        need = train.memory_estimate(name, cfg, a.batch, a.seq_len, 4, 0)
+        avail = train.available_memory(numpy)
+        if need and avail and need[0] > avail:
+            raise C.UsageError(f"--widths {v}: {name} with {field}={v} needs about {train.gib(need[0])} "
+                               f"({need[1]:,} parameters), more than the {train.gib(avail)} available")
+        try:
+            module.Model(cfg, seed=0).forward(numpy.zeros((1, 4), numpy.int64))
+        except (ValueError, AssertionError, TypeError, ZeroDivisionError) as e:
+            raise C.UsageError(f"--widths {v}: {name} refuses {field}={v} ({e})")
 
 
 def run(a):

@@ -335,6 +335,8 @@ def bad_inputs(tmp):
         (["copy", "--stage1-iters", "2500"], "copy stage 1 as long as the run"),
         (["capacity", "--models", "transformer", "--widths", "8"], "widths with no fixed-state model"),
         (["capacity", "--widths", "0"], "zero width"),
+        (["capacity", "--models", "s4", "--widths", "15"], "a width the model refuses (odd d_state)"),
+        (["capacity", "--models", "lstm", "--widths", "1000000"], "a width whose memory cannot fit"),
         (["induction", "--seq-len", "2"], "induction too short"),
         (["induction", "--factors", "0"], "zero factor"),
         (["induction", "--seq-len", "1000000", "--factors", "64"], "evaluation that cannot fit"),
