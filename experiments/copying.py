@@ -9,7 +9,7 @@ The GRU stays in: its update gate is an input-dependent keep-or-overwrite decisi
 a selection mechanism of its own.
 
 The default region is 256 positions (with a region of 64, S4 still copied 0.82 of
-the tokens; with 256, 0.60), with a curriculum: the first 1000 of 2500 iterations
+the tokens; with 256 and this recipe, 0.60), with a curriculum: the first 1000 of 2500 iterations
 on a region of 64, where the selection is found quickly, then 256. Without that
 first stage Mamba had not learned region 256 in 2500 iterations (0.24).
 """
