@@ -130,7 +130,9 @@ def run(a):
 
 def plot(rows, hi, seq_len, out_dir):
     """capacity.png from the rows of capacity.csv (model, setting, params, state bytes,
-    accuracy at the largest K, ...), so that the CSVs of several runs can be joined."""
+    accuracy at the largest K, ...), so that the CSVs of several runs can be joined. A
+    label with a comma, a variant run of one model ("s4, 16000 iterations"), is drawn
+    dashed in that model's colour."""
     plt = C.pyplot()
     if plt is None:
         return
@@ -138,7 +140,8 @@ def plot(rows, hi, seq_len, out_dir):
     for name in dict.fromkeys(r[0] for r in rows):
         pts = sorted((int(r[3]), float(r[4])) for r in rows if r[0] == name)
         attn = name.startswith("transformer")
-        ax.plot(*zip(*pts), "*" if attn else "o-", color=C.COLORS.get(name.split()[0], "k"), label=name,
+        style = "*" if attn else ("o--" if "," in name else "o-")
+        ax.plot(*zip(*pts), style, color=C.COLORS.get(name.split()[0].rstrip(","), "k"), label=name,
                 ms=9 if attn else 4)
     ax.axhline(1 / hi, color="k", lw=0.8, ls=":", label=f"1/{hi}")
     ax.set(xscale="log", xlabel=f"state bytes per sequence (T={seq_len})", ylabel=f"accuracy, {hi} pairs",

@@ -259,6 +259,21 @@ def test_capacity_widths_replace_the_default_widths(tmp_path):
     assert [int(r["state_bytes"]) for r in rows] == [2 * 2 * 8 * 4, 2 * 2 * 12 * 4]   # 2 layers x (h, c)
 
 
+@pytest.mark.skipif(not HAVE_MPL, reason="needs matplotlib (optional) to draw")
+def test_capacity_plot_draws_a_variant_run_dashed_in_its_models_colour(tmp_path, monkeypatch):
+    from experiments import capacity
+    drawn = []
+    monkeypatch.setattr(common, "save_png", lambda fig, plt, path: drawn.extend(fig.axes[0].get_lines()))
+    rows = [["s4", "d_state=16", 1, 100, 0.1], ["s4", "d_state=64", 1, 400, 0.1],
+            ["s4, 16000 iterations", "d_state=16", 1, 100, 0.1], ["s4, 16000 iterations", "d_state=64", 1, 400, 0.6],
+            ["transformer", "kv cache", 1, 900, 1.0]]
+    capacity.plot(rows, 16, 64, str(tmp_path))
+    lines = {ln.get_label(): ln for ln in drawn}
+    assert lines["s4"].get_linestyle() == "-" and lines["s4, 16000 iterations"].get_linestyle() == "--"
+    assert lines["s4"].get_color() == lines["s4, 16000 iterations"].get_color() == common.COLORS["s4"]
+    assert list(lines["s4, 16000 iterations"].get_ydata()) == [0.1, 0.6]
+
+
 def test_sweep_keeps_the_rate_with_the_best_validation_accuracy(tmp_path):
     rc, out, err = run("recall", "--quick", "--models", "gru,transformer", "--sweep-lr", "1e-3,1e-2",
                        "--seeds", "0,1", "--out-dir", tmp_path, cwd=tmp_path)
