@@ -136,7 +136,7 @@ def plot(rows, hi, seq_len, out_dir):
     plt = C.pyplot()
     if plt is None:
         return
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
     for name in dict.fromkeys(r[0] for r in rows):
         pts = sorted((int(r[3]), float(r[4])) for r in rows if r[0] == name)
         attn = name.startswith("transformer")
@@ -146,5 +146,5 @@ def plot(rows, hi, seq_len, out_dir):
     ax.axhline(1 / hi, color="k", lw=0.8, ls=":", label=f"1/{hi}")
     ax.set(xscale="log", xlabel=f"state bytes per sequence (T={seq_len})", ylabel=f"accuracy, {hi} pairs",
            ylim=(-0.03, 1.03), title="MQAR accuracy vs memory")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))   # beside the axes, not on the lines
     C.save_png(fig, plt, os.path.join(out_dir, "capacity.png"))
