@@ -12,7 +12,7 @@ The conventions (the package docstring says more):
 import argparse
 import csv
 import dataclasses
-import importlib
+import importlib.util
 import math
 import os
 import re

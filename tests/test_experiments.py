@@ -206,6 +206,15 @@ def run(*args, cwd, env=None):
     return out.returncode, out.stdout, out.stderr
 
 
+def test_the_package_imports_from_a_plain_script():
+    # `import experiments` in a fresh interpreter, outside `python -m` (whose runpy would
+    # have imported importlib.util already): a script that reuses its generators
+    out = subprocess.run([sys.executable, "-c", "import experiments; print(len(experiments.common.MODELS))"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == len(common.MODELS)
+
+
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
