@@ -9,6 +9,10 @@ the question is whether what it learned still works. Training may start with a
 first stage of shorter rows (--stage1-iters at --stage1-len), as recall's curriculum. A transformer with learned
 positions cannot run past block_size at all (its table cell says so); with
 pos_emb="none" it runs at any length, and the table shows what it does there.
+Past the training length each model is also evaluated with the pair placed on purpose,
+near the query (in the last --seq-len tokens) and far from it (in the first): whether a
+model fails because the long prefix disturbs it or because what it stored fades with
+distance (induction_distance.csv).
 """
 import os
 
@@ -21,7 +25,8 @@ HELP = "induction heads: train at one length, evaluate at 2x..16x (length extrap
 DESCRIPTION = ("The induction-heads task of the Mamba paper: a special token, a target, ..., the special "
                "token again -> the target. Trained at --seq-len, evaluated at each of --factors times it. "
                "The transformer runs twice: learned positions (stops at block_size) and pos_emb='none'. "
-               "Writes induction.csv and induction.png.")
+               "Past it, the pair is also placed near the query and far from it. "
+               "Writes induction.csv, induction_distance.csv and induction.png.")
 DEVICE = True      # --device gpu
 DEFAULTS = {"iters": (2000, 30), "stage1_iters": (600, 10), "stage1_len": (16, 8), "batch": (32, 8), "lr": (3e-3, 3e-3), "seq_len": (64, 16),
             "symbols": (16, 8), "factors": ([1, 2, 4, 8, 16], [1, 2, 4]), "eval": (128, 16),
@@ -29,14 +34,17 @@ DEFAULTS = {"iters": (2000, 30), "stage1_iters": (600, 10), "stage1_len": (16, 8
 SPECIAL = 0
 
 
-def induction(rng, batch, seq_len, n_symbols):
+def induction(rng, batch, seq_len, n_symbols, first=0, last=None):
     """x, y (B, T) int64 and mask (B, T) bool. Symbols 1..n_symbols, the special token 0.
-    One special token at a random position p <= T - 3, the target at p + 1, the special
-    token again at T - 1, whose target (mask True only there) is the symbol after the first."""
-    if seq_len < 3 or n_symbols < 1:
-        raise ValueError(f"the induction task needs seq_len >= 3 ({seq_len}) and symbols >= 1 ({n_symbols})")
+    One special token at a random position p in [first, last] (default [0, T - 3]), the
+    target at p + 1, the special token again at T - 1, whose target (mask True only there)
+    is the symbol after the first."""
+    last = seq_len - 3 if last is None else last
+    if seq_len < 3 or n_symbols < 1 or not 0 <= first <= last <= seq_len - 3:
+        raise ValueError(f"the induction task needs seq_len >= 3 ({seq_len}), symbols >= 1 ({n_symbols}) "
+                         f"and 0 <= first <= last <= seq_len - 3 ({first}, {last})")
     x = 1 + rng.integers(0, n_symbols, (batch, seq_len))
-    p = rng.integers(0, seq_len - 2, batch)
+    p = rng.integers(first, last + 1, batch)
     rows = numpy.arange(batch)
     x[rows, p] = SPECIAL
     x[:, -1] = SPECIAL
@@ -94,7 +102,14 @@ def run(a):
     models = {label: C.make_model(name, V, a.seed, **over) for label, name, over in specs}
     C.print_params(models, V)
     evals = {L: induction(numpy.random.default_rng([a.seed, 7, L]), a.eval, L, a.symbols) for L in lengths}
-    rows, table = [], {}
+    # The same lengths with the pair placed on purpose (past the training length only): "near",
+    # in the last T tokens (the query at most T - 1 after it, as in training), and "far", in the
+    # first T (the whole row away). Near tells whether a long prefix of noise disturbs the model,
+    # far whether what it stored survives the distance.
+    placed = {(L, where): induction(numpy.random.default_rng([a.seed, 8 if where == "near" else 9, L]), a.eval,
+                                    L, a.symbols, *((L - T, L - 3) if where == "near" else (0, T - 3)))
+              for L in lengths if L > T for where in ("near", "far")}
+    rows, table, placed_rows = [], {}, []
     for label, model in models.items():
         rng = numpy.random.default_rng([a.seed, 1])
         stages = [(a.stage1_iters, lambda: induction(rng, a.batch, a.stage1_len, a.symbols)),
@@ -107,6 +122,9 @@ def run(a):
                 acc, note = "", f"cannot run: {e}"
             table[label, L] = acc
             rows.append([label, L, L // T, acc, note, f["loss"], f["seconds"], f["diverged"]])
+            for where in ("near", "far") if L > T and acc != "" else ():
+                table[label, L, where] = accuracy(model, *placed[L, where])
+                placed_rows.append([label, L, L // T, where, table[label, L, where]])
         print(f"  {label}: " + ", ".join(f"{L}: {'-' if table[label, L] == '' else f'{table[label, L]:.3f}'}"
                                         for L in lengths) + f" ({f['seconds']:.0f} s)", flush=True)
     C.write_csv(os.path.join(a.out_dir, "induction.csv"), ["model", "length", "factor", "accuracy", "note",
@@ -116,6 +134,15 @@ def run(a):
     C.markdown_table(["model"] + [f"{L} ({L // T}x)" for L in lengths],
                      [[label] + ["-" if table[label, L] == "" else table[label, L] for L in lengths]
                       for label in models])
+    if placed_rows:
+        C.write_csv(os.path.join(a.out_dir, "induction_distance.csv"),
+                    ["model", "length", "factor", "pair", "accuracy"], placed_rows)
+        print(f"\nthe pair placed on purpose, 'near / far': near = in the last {T} tokens (as close to the "
+              f"query as in training), far = in the first {T} (the whole row away):")
+        C.markdown_table(["model"] + [f"{L} ({L // T}x)" for L in lengths if L > T],
+                         [[label] + [f"{table[label, L, 'near']:.3f} / {table[label, L, 'far']:.3f}"
+                                     if (label, L, "near") in table else "-" for L in lengths if L > T]
+                          for label in models])
     print("\nagainst the paper (Mamba section 4.1.2, Table 2: Mamba extrapolates to 4000x the training length; "
           "attention with learned or rotary positions fails past about 2x):")
     longest = max(lengths)

@@ -166,6 +166,16 @@ def test_induction_target_is_the_symbol_after_the_first_special_token():
     assert len({int(numpy.flatnonzero(r == 0)[0]) for r in x}) > 5
 
 
+@pytest.mark.parametrize("first, last", [(0, 9), (40, 61), (61, 61)])
+def test_induction_places_the_pair_where_asked(first, last):
+    x, y, mask = induction.induction(numpy.random.default_rng(5), 256, 64, 6, first, last)
+    p = numpy.array([numpy.flatnonzero(r == induction.SPECIAL)[0] for r in x])
+    assert set(p) == set(range(first, last + 1))          # every allowed place, and only those
+    assert (y[numpy.arange(256), -1] == x[numpy.arange(256), p + 1]).all() and mask[:, -1].all()
+    with pytest.raises(ValueError):
+        induction.induction(numpy.random.default_rng(5), 4, 64, 6, 10, 62)   # the target would be the query
+
+
 # ----------------------------------------------------------------- state bytes
 def test_state_bytes_fixed_for_rnn_and_linear_for_kv_cache():
     rnn = common.make_model("rnn", 9, d_model=8, n_layer=2)
@@ -257,6 +267,10 @@ def test_capacity_state_grows_with_width_and_induction_marks_what_cannot_run(tmp
     learned = {int(r["factor"]): r for r in rows if r["model"] == "transformer"}
     assert learned[1]["accuracy"] and not learned[4]["accuracy"] and "block_size" in learned[4]["note"]
     assert all(r["accuracy"] for r in rows if r["model"] in ("mamba", "transformer-nopos"))
+    # past the training length (16 in --quick: 32 and 64), near and far for each model that runs there
+    placed = read_csv(tmp_path / "induction_distance.csv")
+    assert {(r["model"], r["length"], r["pair"]) for r in placed} == {
+        (m, L, w) for m in ("mamba", "transformer-nopos") for L in ("32", "64") for w in ("near", "far")}
 
 
 def test_capacity_widths_replace_the_default_widths(tmp_path):
