@@ -153,23 +153,36 @@ def run(a):
         else:
             print(f"- {label}: {first:.3f} at {T} -> {last:.3f} at {longest} "
                   f"({'holds' if first > 0.5 and last >= first - 0.05 else 'does not hold' if first > 0.5 else 'not learned at the training length'})")
-    plot(rows, T, a.symbols, a.out_dir)
+    plot(rows, T, a.symbols, a.out_dir, placed_rows)
 
 
-def plot(rows, T, symbols, out_dir):
+def plot(rows, T, symbols, out_dir, placed=()):
     """induction.png from the rows of induction.csv (model, length, factor, accuracy, ...;
-    accuracy '' where the model cannot run), so that the CSVs of several runs can be joined."""
+    accuracy '' where the model cannot run), so that the CSVs of several runs can be joined.
+    With the rows of induction_distance.csv (placed: model, length, factor, pair, accuracy),
+    a second panel: the pair far from the query (solid) and near it (dashed)."""
     plt = C.pyplot()
     if plt is None:
         return
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, axes = plt.subplots(1, 2 if placed else 1, figsize=(9.5 if placed else 5, 3.2), squeeze=False)
+    lengths = sorted({int(r[1]) for r in rows})
+    ax = axes[0, 0]
     for label in dict.fromkeys(r[0] for r in rows):
         pts = [(int(r[1]), float(r[3])) for r in rows if r[0] == label and r[3] != ""]
         ax.plot(*zip(*pts), "o-", color=C.COLORS.get(label, "k"), label=label, ms=4)
-    lengths = sorted({int(r[1]) for r in rows})
-    ax.axhline(1 / symbols, color="k", lw=0.8, ls=":", label="chance")
-    ax.axvline(T, color="k", lw=0.6, ls="--")
-    ax.set(xlabel="evaluation length", ylabel="accuracy", ylim=(-0.03, 1.03), title=f"induction, trained at {T}")
-    C.log_ticks(ax, lengths)
+    ax.set(ylabel="accuracy", title=f"induction, trained at {T}: the pair anywhere")
     ax.legend(fontsize=7)
+    if placed:
+        ax = axes[0, 1]
+        for label in dict.fromkeys(r[0] for r in placed):
+            for where, style in (("far", "o-"), ("near", "--")):
+                pts = [(int(r[1]), float(r[4])) for r in placed if r[0] == label and r[3] == where]
+                ax.plot(*zip(*pts), style, color=C.COLORS.get(label, "k"), ms=4, lw=1.5 if where == "far" else 1)
+        ax.set(title=f"the pair in the first {T} tokens (solid), the last {T} (dashed)")
+    for ax in axes[0]:
+        ax.axhline(1 / symbols, color="k", lw=0.8, ls=":")
+        ax.axvline(T, color="k", lw=0.6, ls="--")
+        ax.set(xlabel="evaluation length", ylim=(-0.03, 1.03))
+        ax.title.set_fontsize(9)
+        C.log_ticks(ax, lengths)
     C.save_png(fig, plt, os.path.join(out_dir, "induction.png"))
