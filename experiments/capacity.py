@@ -91,7 +91,7 @@ def check_width(name, a):
 def run(a):
     recall.describe(a)
     print("widths: " + "; ".join(f"{n} {f} in {a.widths or v}" for n, (f, v) in WIDTHS.items() if n in a.models)
-          + f"; lr {a.lr} for every run; seed {a.seed}")
+          + f"; lr {a.lr}, weight decay {a.weight_decay} for every run; seed {a.seed}")
     evals = recall.eval_sets(a, a.seed)
     hi = max(a.pairs)
     rows, t0 = [], time.perf_counter()

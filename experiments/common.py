@@ -186,14 +186,14 @@ def masked_cross_entropy(logits, y, mask):
 
 
 # -------------------------------------------------------------- train, evaluate
-def fit(model, stages, lr, label, probe=None, probe_every=0):
+def fit(model, stages, lr, label, probe=None, probe_every=0, weight_decay=WEIGHT_DECAY):
     """Train with train.train_step on a list of stages [(iters, sample)], sample() ->
     (x, y, mask or None). One schedule over all stages: linear warm-up over the first
-    10%, cosine to lr/10. probe(model) -> a number, printed and recorded every
-    probe_every iterations. Returns dict(loss (mean of the last 10%), seconds,
-    diverged, curve [(iteration, probe value)])."""
+    10%, cosine to lr/10; AdamW with weight_decay on the matrices. probe(model) -> a
+    number, printed and recorded every probe_every iterations. Returns dict(loss (mean
+    of the last 10%), seconds, diverged, curve [(iteration, probe value)])."""
     iters = sum(n for n, _ in stages)
-    opt = train.AdamW(model.params, WEIGHT_DECAY, BETAS)
+    opt = train.AdamW(model.params, weight_decay, BETAS)
     warmup, every = max(1, iters // 10), max(1, iters // 5)
     losses, curve, t0, it = [], [], time.perf_counter(), 0
     for n, sample in stages:
@@ -343,6 +343,13 @@ def non_negative_int(s):
     return v
 
 
+def non_negative_float(s):
+    v = _number(float, s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
 def int_list(s):
     try:
         v = [int(p) for p in s.split(",") if p.strip()]
@@ -417,6 +424,10 @@ def build_parser(modules):
         if not getattr(mod, "SEEDS", False):
             sp.add_argument("--seed", type=non_negative_int, default=0,
                             help="seed of the data and the inits (default 0)")
+        if "lr" in mod.DEFAULTS:     # the experiments that train
+            sp.add_argument("--weight-decay", type=non_negative_float, default=WEIGHT_DECAY,
+                            help=f"AdamW's decoupled weight decay on the weight matrices, every model "
+                            f"(default {WEIGHT_DECAY}, train.py's)")
         mod.add_arguments(sp, adder(sp, mod.DEFAULTS))
     return p
 

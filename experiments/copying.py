@@ -87,7 +87,7 @@ def run(a):
     vocab, T = a.content + 2, a.region + a.tokens
     print(f"selective copying: {a.tokens} content tokens ({a.content} symbols) among {a.region - a.tokens} "
           f"noise tokens, then a marker; the model outputs the {a.tokens} tokens in order (sequence length "
-          f"{T}, vocabulary {vocab}); {a.iters} iterations x batch {a.batch}, lr {a.lr}, for every model")
+          f"{T}, vocabulary {vocab}); {a.iters} iterations x batch {a.batch}, lr {a.lr}, weight decay {a.weight_decay}, for every model")
     if a.stage1_iters:
         print(f"curriculum: the first {a.stage1_iters} iterations with a region of {a.stage1_region} positions, "
               f"then {a.iters - a.stage1_iters} with {a.region}")
@@ -106,7 +106,7 @@ def run(a):
         rng = numpy.random.default_rng([a.seed, 1])
         stages = [(n, lambda r=r, sel=sel: selective_copy(rng, a.batch, r, a.tokens, a.content, selective=sel))
                   for n, r in ((a.stage1_iters, a.stage1_region), (a.iters - a.stage1_iters, a.region)) if n]
-        fitted = C.fit(model, stages, a.lr, f"copy {name} ({task})")
+        fitted = C.fit(model, stages, a.lr, f"copy {name} ({task})", weight_decay=a.weight_decay)
         acc, per_row = C.masked_accuracy(model, *evals[sel])
         exact = float((per_row == 1).mean())
         rows.append([name, task, C.count_params(model)[0], acc, exact, fitted["loss"], fitted["seconds"],

@@ -60,7 +60,7 @@ def run(a):
     print(f"corpus: {corpus}: {len(text):,} characters, vocabulary {V}")
     print(f"gradient against distance: |dL/dx0| at distance k back from the last position of {a.eval} windows "
           f"of {T}, L = the loss at the last position only; measured in float64 at initialization and after "
-          f"{a.iters} iterations of char-LM training (batch {a.batch}, lr {a.lr}, every model)")
+          f"{a.iters} iterations of char-LM training (batch {a.batch}, lr {a.lr}, weight decay {a.weight_decay}, every model)")
     models = {name: C.make_model(name, V, a.seed, **({"block_size": T} if name == "transformer" else {}))
               for name in a.models}
     C.print_params(models, V)
@@ -69,7 +69,8 @@ def run(a):
     for name, model in models.items():
         curves[name, "init"] = input_gradient_norms(C.float64_copy(name, model, V, a.seed), x_eval, y_eval)
         rng = numpy.random.default_rng([a.seed, 1])
-        C.fit(model, [(a.iters, lambda: (*train.get_batch(train_data, a.batch, T, rng), None))], a.lr, f"gradients {name}")
+        C.fit(model, [(a.iters, lambda: (*train.get_batch(train_data, a.batch, T, rng), None))], a.lr, f"gradients {name}",
+              weight_decay=a.weight_decay)
         curves[name, "trained"] = input_gradient_norms(C.float64_copy(name, model, V, a.seed), x_eval, y_eval)
     rows = [[name, phase, k, float(g), float(g / c[0]) if c[0] > 0 else ""]
             for (name, phase), c in curves.items() for k, g in enumerate(c)]

@@ -91,7 +91,7 @@ def run(a):
     V, T = a.symbols + 1, a.seq_len
     lengths = [T * f for f in a.factors]
     print(f"induction heads: {a.symbols} symbols, trained at length {T} ({a.iters} iterations x batch {a.batch}, "
-          f"the first {a.stage1_iters} at length {a.stage1_len}; lr {a.lr}, every model), evaluated at {lengths} on {a.eval} sequences each; chance = 1/{a.symbols}")
+          f"the first {a.stage1_iters} at length {a.stage1_len}; lr {a.lr}, weight decay {a.weight_decay}, every model), evaluated at {lengths} on {a.eval} sequences each; chance = 1/{a.symbols}")
     specs = []
     for name in a.models:
         if name == "transformer":
@@ -114,7 +114,7 @@ def run(a):
         rng = numpy.random.default_rng([a.seed, 1])
         stages = [(a.stage1_iters, lambda: induction(rng, a.batch, a.stage1_len, a.symbols)),
                   (a.iters - a.stage1_iters, lambda: induction(rng, a.batch, T, a.symbols))]
-        f = C.fit(model, [s for s in stages if s[0]], a.lr, f"induction {label}")
+        f = C.fit(model, [s for s in stages if s[0]], a.lr, f"induction {label}", weight_decay=a.weight_decay)
         for L in lengths:
             try:
                 acc, note = accuracy(model, *evals[L]), ""

@@ -69,7 +69,7 @@ def run(a):
     T, L = a.seq_len, a.seq_len * a.factor
     print(f"corpus: {corpus}: {len(text):,} characters, vocabulary {len(vocab.chars)}")
     print(f"length generalization: train the char LM on windows of {T} ({a.iters} iterations x batch {a.batch}, "
-          f"lr {a.lr}, every model), then the loss at each position of {a.eval} validation windows of {L} "
+          f"lr {a.lr}, weight decay {a.weight_decay}, every model), then the loss at each position of {a.eval} validation windows of {L} "
           f"({a.factor}x longer)")
     V = len(vocab.chars)
     specs = []
@@ -88,7 +88,8 @@ def run(a):
     per_pos, notes = {}, {}
     for label, model in models.items():
         rng = numpy.random.default_rng([a.seed, 1])
-        C.fit(model, [(a.iters, lambda: (*train.get_batch(train_data, a.batch, T, rng), None))], a.lr, f"length {label}")
+        C.fit(model, [(a.iters, lambda: (*train.get_batch(train_data, a.batch, T, rng), None))], a.lr, f"length {label}",
+              weight_decay=a.weight_decay)
         losses = numpy.full((a.eval, L), numpy.nan)
         if label == "transformer":
             # learned positions: forward refuses T > block_size; the one-pass loss exists only up to T

@@ -154,7 +154,7 @@ def train_one(model, a, seed, lr, label):
               (a.iters - a.stage1_iters, lambda: mqar(rng, a.batch, a.seq_len, mixture, **task))]
     probe_set = mqar(numpy.random.default_rng([seed, 9]), 64, a.seq_len, max(a.pairs), **task)
     return C.fit(model, [s for s in stages if s[0]], lr, label, lambda m: C.masked_accuracy(m, *probe_set)[0],
-                 max(1, a.iters // 10))
+                 max(1, a.iters // 10), a.weight_decay)
 
 
 def accuracy_by_pair(model, x, y, mask):
@@ -178,7 +178,7 @@ def describe(a):
           f"{a.stage1_iters} iterations at {a.stage1_len} tokens with {a.stage1_pairs} pairs, then "
           f"{a.iters - a.stage1_iters} at {a.seq_len} tokens with {min(a.pairs)}..{max(a.pairs)} pairs ("
           f"{'drawn in proportion to K' if a.mixture == 'weighted' else 'uniform'}); batch "
-          f"{a.batch}; pairs at the {'start of the row' if a.place == 'start' else 'start of a random block'}; "
+          f"{a.batch}; weight decay {a.weight_decay}; pairs at the {'start of the row' if a.place == 'start' else 'start of a random block'}; "
           f"evaluated at {a.pairs} pairs; the same for every model")
 
 

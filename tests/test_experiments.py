@@ -493,3 +493,23 @@ def test_device_gpu_without_cupy_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--device gpu needs CuPy" in err
     assert not (tmp_path / "res").exists()
+
+
+TRAINING_COMMANDS = [m.NAME for m in MODULES if "lr" in m.DEFAULTS]
+
+
+@pytest.mark.parametrize("command", TRAINING_COMMANDS)
+def test_weight_decay_reaches_every_optimizer(command, tmp_path, monkeypatch, capsys):
+    seen = []
+    adamw = train.AdamW
+    monkeypatch.setattr(train, "AdamW", lambda params, wd, *a, **k: seen.append(wd) or adamw(params, wd, *a, **k))
+    data = ["--data", str(tmp_path / "c.txt")] if command in ("length", "gradients") else []
+    if data:
+        (tmp_path / "c.txt").write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    for wd, argv in ((0.1, []), (0.0, ["--weight-decay", "0"]), (0.25, ["--weight-decay", "0.25"])):
+        seen.clear()
+        rc = common.main(MODULES, [command, "--quick", "--models", "gru", *data, *argv,
+                                   "--out-dir", str(tmp_path / "res")])
+        assert rc == 0, capsys.readouterr().err
+        assert seen and set(seen) == {wd}
+    assert set(TRAINING_COMMANDS) == {"recall", "capacity", "copy", "induction", "length", "gradients"}
