@@ -76,7 +76,7 @@ def test_weighted_mixture_draws_each_K_in_proportion_to_K(monkeypatch):
                          "--pairs", "2,8", "--n-keys", "8", "--batch", "2000", "--models", "gru"], MODULES)
     seen = {}
 
-    def fake_fit(model, stages, lr, label, probe=None, probe_every=0):
+    def fake_fit(model, stages, lr, label, probe=None, probe_every=0, weight_decay=None):
         seen["mask"] = numpy.concatenate([stages[1][1]()[2] for _ in range(10)])   # 20,000 rows
         return dict(loss=0.0, seconds=0.0, diverged=False, curve=[])
     monkeypatch.setattr(common, "fit", fake_fit)
@@ -105,7 +105,7 @@ def test_curriculum_feeds_short_rows_first_then_the_full_mixture(monkeypatch, tm
                          "--batch", "64", "--models", "gru"], MODULES)
     seen = {}
 
-    def fake_fit(model, stages, lr, label, probe=None, probe_every=0):
+    def fake_fit(model, stages, lr, label, probe=None, probe_every=0, weight_decay=None):
         seen["stages"] = [(n, sample()) for n, sample in stages]
         return dict(loss=0.0, seconds=0.0, diverged=False, curve=[])
     monkeypatch.setattr(common, "fit", fake_fit)
@@ -124,7 +124,7 @@ def test_copy_curriculum_trains_the_short_region_first(monkeypatch, tmp_path):
                          "--out-dir", str(tmp_path)], MODULES)
     seen = []
 
-    def fake_fit(model, stages, lr, label, probe=None, probe_every=0):
+    def fake_fit(model, stages, lr, label, probe=None, probe_every=0, weight_decay=None):
         seen.append([(n, sample()) for n, sample in stages])
         return dict(loss=0.0, seconds=0.0, diverged=False, curve=[])
     monkeypatch.setattr(common, "fit", fake_fit)
