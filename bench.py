@@ -12,20 +12,25 @@ for the PyTorch reference (torch_ref/) measured in the same run.
     python bench.py --model rnn --device gpu --json  # CuPy; one JSON line per result
 
 What is timed
-- sgemm peak: first, a float32 (1024 x 1024) @ (1024 x 1024) matmul through
-  NumPy's BLAS, best of a few; 2 * 1024^3 / time is the GFLOP/s the training
-  steps are compared with (on the CPU, with --threads threads).
+- sgemm peak: a float32 (1024 x 1024) @ (1024 x 1024) matmul through NumPy's
+  BLAS (on the CPU, with --threads threads); 2 * 1024^3 / time is the GFLOP/s
+  the training steps are compared with. Timed first (best of a few: the first
+  line), then again between the training steps of every model (below), whose
+  row uses its own best: the peak of the machine in the state the steps saw.
 - train: one full step exactly as train.py runs it (forward, cross-entropy,
   backward, global-norm clip, AdamW) on random token windows, batch 16 x 128
   by default, the standard config, float32. PyTorch: the same module loaded with
   the same arrays, F.cross_entropy, loss.backward(), clip_grad_norm_,
   torch.optim.AdamW with the same weight-decay groups. Warm-up steps first, then
-  the median of --repeats timed steps. Each train row also shows the step's
-  FLOPs counted from the config (FLOPS below), the GFLOP/s achieved and that as
-  a fraction of the sgemm peak.
+  the median of --repeats timed steps. Our step, PyTorch's (with --torch) and
+  the peak's matmul alternate (ours, theirs, matmul, ours, ...), so all three
+  see the machine in the same state: the ratio and the fraction of the peak
+  stay fair when its speed drifts during the run. Each train row also shows
+  the step's FLOPs counted from the config (FLOPS below), the GFLOP/s achieved
+  and that as a fraction of the sgemm peak.
 - generate: batch 1, one token at a time through .step (the recurrent state or
   the KV cache), --gen-tokens tokens after a warm-up; the same through the
-  reference's step in torch.no_grad().
+  reference's step in torch.no_grad(), alternating with ours as above.
 - generate-recompute (--recompute): each new token re-runs forward over the
   whole prefix (what a model without a step mode must do).
 Memory: as train.py, the process keeps freed memory for reuse
@@ -43,6 +48,7 @@ import importlib
 import json
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -199,33 +205,41 @@ def configs(args, train):
     return out
 
 
-def median_time(fn, warmup, repeats, sync):
+def alternate(fns, warmup, repeats, sync):
+    """The times of `repeats` calls of each function in fns (a list per function), their
+    calls alternating: a b a b ... So ours and PyTorch's steps, and the matmul that gives
+    the peak, see the machine in the same state; a change in its speed during the run
+    (another process, the clock) moves them alike, and the ratios stay fair."""
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     sync()
-    times = []
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return float(numpy.median(times))
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            ts.append(time.perf_counter() - t0)
+    return times
 
 
-def sgemm_peak(xp, sync, n=1024):
-    """GFLOP/s of a float32 (n x n) @ (n x n) matmul: the best of a few after a warm-up."""
+def sgemm(xp, n=1024):
+    """A float32 (n x n) @ (n x n) matmul through the array module's BLAS, and its FLOPs."""
     a = xp.asarray(numpy.random.default_rng(0).standard_normal((n, n), dtype=numpy.float32))
     b = a.T.copy()
-    best = math.inf
-    for _ in range(5):
-        t0 = time.perf_counter()
-        a @ b
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
+    return (lambda: a @ b), 2 * n ** 3
 
 
-def bench_ours(name, cfg, args, T, xp, sync):
+def sgemm_peak(xp, sync):
+    """GFLOP/s of sgemm's matmul: the best of a few after a warm-up."""
+    matmul, flops = sgemm(xp)
+    return flops / min(alternate([matmul], 1, 5, sync)[0]) / 1e9
+
+
+def bench_ours(name, cfg, args, T, xp):
+    """Our model and what is timed, by kind: (function, warm-up calls, timed calls, n), where
+    the time reported is a call's time / n (a training step: n = 1; generation: per token)."""
     model = importlib.import_module(name).Model(cfg, xp=xp, dtype=numpy.dtype(args.dtype), seed=0)
     opt = train.AdamW(model.params, 0.1, (0.9, 0.99))
     rng = numpy.random.default_rng(0)
@@ -235,24 +249,26 @@ def bench_ours(name, cfg, args, T, xp, sync):
         x, y = train.get_batch(data, args.batch_size, T, rng)
         train.train_step(model, opt, x, y, 1e-4, 1.0, xp)
 
-    out = {"train": median_time(step, args.warmup, args.repeats, sync)}
+    timed = {"train": (step, args.warmup, args.repeats, 1)}
     if not args.no_generate:
         def generate():
             state = model.init_state(1)
             for i in data[: args.gen_tokens]:
                 _, state = model.step(numpy.array([i]), state)
-        out["generate"] = median_time(generate, 1, 3, sync) / args.gen_tokens
+        timed["generate"] = (generate, 1, 3, args.gen_tokens)
         if args.recompute:
             n = min(args.gen_tokens, getattr(cfg, "block_size", args.gen_tokens))
 
             def recompute():
                 for t in range(1, n + 1):
                     model.forward(data[None, :t])
-            out["generate-recompute"] = median_time(recompute, 0, 1, sync) / n
-    return model, out
+            timed["generate-recompute"] = (recompute, 0, 1, n)
+    return model, timed
 
 
 def bench_torch(name, args, T, cfg, model, to_host):
+    """The PyTorch reference loaded with our model's arrays, and its functions to time:
+    {"train": step, "generate": generate}, the same work as bench_ours's."""
     import torch
     import torch.nn.functional as F
     import torch_ref
@@ -280,8 +296,9 @@ def bench_torch(name, args, T, cfg, model, to_host):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
         opt.step()
+        sync()
 
-    out = {"train": median_time(step, args.warmup, args.repeats, sync)}
+    fns = {"train": step}
     if not args.no_generate:
         tokens = torch.from_numpy(data[: args.gen_tokens]).to(dev)
 
@@ -290,8 +307,9 @@ def bench_torch(name, args, T, cfg, model, to_host):
             state = ref.init_state(1)
             for t in range(args.gen_tokens):
                 _, state = ref.step(tokens[t:t + 1], state)
-        out["generate"] = median_time(generate, 1, 3, sync) / args.gen_tokens
-    return out
+            sync()
+        fns["generate"] = generate
+    return fns
 
 
 def run(argv):
@@ -316,16 +334,25 @@ def run(argv):
         torch.set_num_threads(args.threads)
     sync = (lambda: xp.cuda.Device().synchronize()) if args.device == "gpu" else (lambda: None)
     peak = sgemm_peak(xp, sync)
+    matmul, matmul_flops = sgemm(xp)
     if not args.json:
         print(f"{args.threads} thread{'s' if args.threads > 1 else ''} on {args.device}; float32 sgemm peak "
               f"{peak:.1f} GFLOP/s (1024 x 1024 matmul); {args.dtype}", flush=True)
     for name in args.model:
         for T in args.seq_len:
             cfg = cfgs[name, T]
-            model, ours = bench_ours(name, cfg, args, T, xp, sync)
+            model, timed = bench_ours(name, cfg, args, T, xp)
             theirs = bench_torch(name, args, T, cfg, model, to_host) if args.torch else {}
             flops = step_flops(name, cfg, args.batch_size, T)
-            for kind, t in ours.items():
+            for kind, (fn, warmup, repeats, n) in timed.items():
+                # ours, PyTorch's and (for training) the peak's matmul, alternating (see alternate)
+                fns = {"ours": fn}
+                if kind in theirs:
+                    fns["torch"] = theirs[kind]
+                if kind == "train" and flops:
+                    fns["sgemm"] = matmul
+                times = dict(zip(fns, alternate(list(fns.values()), warmup, repeats, sync)))
+                t = statistics.median(times["ours"]) / n
                 batch = args.batch_size if kind == "train" else 1
                 tokens = batch * T if kind == "train" else 1
                 row = dict(model=name, kind=kind, config=args.config, device=args.device, dtype=args.dtype,
@@ -334,14 +361,16 @@ def run(argv):
                 line = f"{name:<12} {kind:<19} ours {tokens / t:>10,.0f} tok/s ({1000 * t:8.2f} ms"
                 line += f" per {'step of ' + str(batch) + 'x' + str(T) if kind == 'train' else 'token'})"
                 if kind == "train" and flops:
+                    peak = matmul_flops / min(times["sgemm"]) / 1e9    # this row's peak: the best call
                     row.update(step_gflop=flops / 1e9, gflop_s=flops / t / 1e9, sgemm_peak_gflop_s=peak,
                                peak_fraction=flops / t / 1e9 / peak)
                     line += (f" | {flops / 1e9:6.2f} GFLOP, {flops / t / 1e9:6.1f} GFLOP/s = "
-                             f"{100 * flops / t / 1e9 / peak:3.0f}% of peak")
-                if kind in theirs:
-                    row.update(torch_ms=1000 * theirs[kind], torch_tok_s=tokens / theirs[kind],
-                               ratio=theirs[kind] / t, torch_options=args.torch_option)
-                    line += f" | torch {tokens / theirs[kind]:>10,.0f} tok/s | ours/torch {theirs[kind] / t:5.2f}x"
+                             f"{100 * flops / t / 1e9 / peak:3.0f}% of peak ({peak:.1f})")
+                if "torch" in times:
+                    tt = statistics.median(times["torch"]) / n
+                    row.update(torch_ms=1000 * tt, torch_tok_s=tokens / tt, ratio=tt / t,
+                               torch_options=args.torch_option)
+                    line += f" | torch {tokens / tt:>10,.0f} tok/s | ours/torch {tt / t:5.2f}x"
                 print(json.dumps(row) if args.json else line, flush=True)
 
 

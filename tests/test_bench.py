@@ -42,6 +42,24 @@ def test_tiny_run_reports_threads_flops_and_peak(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_ours_torch_and_the_peak_matmul_alternate():
+    calls = []
+    times = bench.alternate([lambda: calls.append("ours"), lambda: calls.append("torch"),
+                             lambda: calls.append("sgemm")], 2, 3, lambda: None)
+    assert calls == ["ours", "torch", "sgemm"] * 5
+    assert [len(ts) for ts in times] == [3, 3, 3] and all(t >= 0 for ts in times for t in ts)
+
+
+def test_torch_run_reports_a_ratio_for_every_kind(tmp_path):
+    pytest.importorskip("torch", reason="PyTorch is not installed (optional)")
+    rc, out, err = cli("--model", "gru", "--torch", "--json", "--gen-tokens", "3", *TINY[1:], cwd=tmp_path)
+    assert rc == 0 and not err, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["kind"] for r in rows] == ["train", "generate"]
+    for r in rows:
+        assert r["torch_ms"] > 0 and math.isclose(r["ratio"], r["torch_ms"] / r["ours_ms"])
+
+
 BAD = [
     ([], ["--model"]),
     (["--model", "foo"], ["invalid choice"]),
