@@ -12,6 +12,7 @@
   step == forward, and equality with the PyTorch reference.
 """
 import math
+import warnings
 
 import numpy
 import pytest
@@ -181,6 +182,27 @@ def test_gelu_in_row_blocks_matches_the_formula():
     assert numpy.abs(g - gelu(h)).max() <= 1e-14
     eps = 1e-6
     assert numpy.abs(dg_dh - (gelu(h + eps) - gelu(h - eps)) / (2 * eps)).max() <= 1e-8
+
+
+def test_gelu_tail_in_float32_is_exact_and_silent():
+    """s = 1 / (1 + e^(-2u)): far left e^(-2u) overflows to inf and g = 0, g' = 0 exactly,
+    with no warning; the small negative values of the tail (where 1 + tanh u would cancel
+    to 0 in float32) are right to float32 rounding."""
+    mod = load("transformer")
+    h = numpy.array([[-1e4, -100, -30, -9, -8, -5, -3, -1, 0, 1, 8, 30, 100, 1e4]], numpy.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g, dg_dh = mod.gelu_forward(h, numpy)
+    x = h.astype(numpy.float64)
+    u = math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)
+    with numpy.errstate(over="ignore"):
+        s = 1 / (1 + numpy.exp(-2 * u))
+    want = x * s
+    assert numpy.all(numpy.isfinite(g)) and numpy.all(numpy.isfinite(dg_dh))
+    assert g[0, 0] == 0 and dg_dh[0, 0] == 0 and g[0, -1] == 1e4 and dg_dh[0, -1] == 1
+    tail = (x > -10) & (x < 0)                 # g down to -1e-28 at -9 (the tanh form: 0 below -5.5)
+    assert numpy.all(g[tail] < 0)
+    assert numpy.allclose(g[tail], want[tail], rtol=1e-5, atol=0)
 
 
 # --------------------------------------------------------- block_size and step
