@@ -14,7 +14,7 @@ for the PyTorch reference (torch_ref/) measured in the same run.
 What is timed
 - sgemm peak: a float32 (1024 x 1024) @ (1024 x 1024) matmul through NumPy's
   BLAS (on the CPU, with --threads threads); 2 * 1024^3 / time is the GFLOP/s
-  the training steps are compared with. Timed first (best of a few: the first
+  the training steps are compared with. Timed first (best of ten: the first
   line), then again between the training steps of every model (below), whose
   row uses its own best: the peak of the machine in the state the steps saw.
 - train: one full step exactly as train.py runs it (forward, cross-entropy,
@@ -225,16 +225,11 @@ def alternate(fns, warmup, repeats, sync):
 
 
 def sgemm(xp, n=1024):
-    """A float32 (n x n) @ (n x n) matmul through the array module's BLAS, and its FLOPs."""
+    """A float32 (n x n) @ (n x n) matmul through the array module's BLAS, and its FLOPs.
+    Its GFLOP/s at the best of several calls is the peak the training steps are compared with."""
     a = xp.asarray(numpy.random.default_rng(0).standard_normal((n, n), dtype=numpy.float32))
     b = a.T.copy()
     return (lambda: a @ b), 2 * n ** 3
-
-
-def sgemm_peak(xp, sync):
-    """GFLOP/s of sgemm's matmul: the best of ten calls after three warm-up calls."""
-    matmul, flops = sgemm(xp)
-    return flops / min(alternate([matmul], 3, 10, sync)[0]) / 1e9
 
 
 def bench_ours(name, cfg, args, T, xp):
@@ -333,8 +328,8 @@ def run(argv):
             raise UsageError("--torch needs PyTorch (pip install torch==2.13.0)")
         torch.set_num_threads(args.threads)
     sync = (lambda: xp.cuda.Device().synchronize()) if args.device == "gpu" else (lambda: None)
-    peak = sgemm_peak(xp, sync)
     matmul, matmul_flops = sgemm(xp)
+    peak = matmul_flops / min(alternate([matmul], 3, 10, sync)[0]) / 1e9   # the best of 10 calls
     if not args.json:
         print(f"{args.threads} thread{'s' if args.threads > 1 else ''} on {args.device}; float32 sgemm peak "
               f"{peak:.1f} GFLOP/s (1024 x 1024 matmul); {args.dtype}", flush=True)
@@ -361,11 +356,11 @@ def run(argv):
                 line = f"{name:<12} {kind:<19} ours {tokens / t:>10,.0f} tok/s ({1000 * t:8.2f} ms"
                 line += f" per {'step of ' + str(batch) + 'x' + str(T) if kind == 'train' else 'token'})"
                 if kind == "train" and flops:
-                    peak = matmul_flops / min(times["sgemm"]) / 1e9    # this row's peak: the best call
-                    row.update(step_gflop=flops / 1e9, gflop_s=flops / t / 1e9, sgemm_peak_gflop_s=peak,
-                               peak_fraction=flops / t / 1e9 / peak)
+                    row_peak = matmul_flops / min(times["sgemm"]) / 1e9   # the best call between the steps
+                    row.update(step_gflop=flops / 1e9, gflop_s=flops / t / 1e9, sgemm_peak_gflop_s=row_peak,
+                               peak_fraction=flops / t / 1e9 / row_peak)
                     line += (f" | {flops / 1e9:6.2f} GFLOP, {flops / t / 1e9:6.1f} GFLOP/s = "
-                             f"{100 * flops / t / 1e9 / peak:3.0f}% of peak ({peak:.1f})")
+                             f"{100 * flops / t / 1e9 / row_peak:3.0f}% of peak ({row_peak:.1f})")
                 if "torch" in times:
                     tt = statistics.median(times["torch"]) / n
                     row.update(torch_ms=1000 * tt, torch_tok_s=tokens / tt, ratio=tt / t,
